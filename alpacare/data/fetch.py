@@ -197,8 +197,7 @@ def select_files(patterns: Iterable[str] | None = None) -> list[ReleasedFile]:
     for pattern in patterns:
         matches = [f for f in RELEASED_FILES if _matches(f.relpath, pattern)]
         if not matches:
-            known = ", ".join(f.relpath for f in RELEASED_FILES)
-            raise DataError(f"--only {pattern!r}: matches no released file (known: {known})")
+            raise DataError(f"file pattern {pattern!r} matches no released file (alpacare-fetch --list shows them)")
         selected.extend(m for m in matches if m not in selected)
     return selected
 
@@ -249,14 +248,14 @@ def _download_verified(client: httpx.Client, url: str, target: Path, released: R
             )
         os.replace(tmp, target)
         return size
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
         raise DataError(f"{released.relpath}: download failed: {_describe_http_error(e)} ({url})") from None
     finally:
         # After a successful rename the temp name is gone; otherwise nothing partial survives.
         tmp.unlink(missing_ok=True)
 
 
-def _describe_http_error(error: httpx.HTTPError) -> str:
+def _describe_http_error(error: Exception) -> str:
     text = str(error).strip() or type(error).__name__
     return " ".join(text.split())  # keep the error to one line
 

@@ -52,9 +52,10 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    # Linux only: deliver SIGTERM to the server if the Python process that started it dies.
+    # Linux only: kill the server if the Python process that started it dies (even by kill -9).
+    # SIGKILL, not SIGTERM: uvicorn's graceful shutdown would first finish the generation in flight.
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # 1 = PR_SET_DEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_DEATHSIG
 
 
 def _wait_until_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
@@ -107,7 +108,7 @@ def local_server(
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -17,10 +17,10 @@ import json
 import re
 from typing import Any, Sequence
 
-from alpacare.data.seeds import CANONICAL_TYPES, validate_task
+from alpacare.data.seeds import TASK_FIELDS, TASK_TYPES, validate_task
 from alpacare.errors import DataError
 
-TASK_FIELDS = ("type", "topic", "view", "difficulty", "instruction", "input")
+
 
 REQUIREMENTS = """\
 You are helping build a diverse, high-quality set of medical instruction-following tasks, written
@@ -58,17 +58,23 @@ N. Instruction: <the instruction>
 N. Input: <the input, or <noinput>>"""
 
 
+def _shown(task: dict[str, Any]) -> dict[str, Any]:
+    # Show the seed's own view label ("Radiologist"), not its canonical bucket ("Clinician"):
+    # specific views in the examples make for more varied views in the output.
+    return {k: task.get("view_raw", task[k]) if k == "view" else task[k] for k in TASK_FIELDS}
+
+
 def _example_json(task: dict[str, Any]) -> str:
-    return json.dumps({k: task[k] for k in TASK_FIELDS}, ensure_ascii=False)
+    return json.dumps(_shown(task), ensure_ascii=False)
 
 
 def _example_text(task: dict[str, Any], number: int) -> str:
-    return "\n".join(f"{number}. {k.capitalize()}: {task[k]}" for k in TASK_FIELDS)
+    return "\n".join(f"{number}. {k.capitalize()}: {v}" for k, v in _shown(task).items())
 
 
 def build_messages(examples: Sequence[dict[str, Any]], n_tasks: int, structured: bool) -> tuple[dict[str, str], ...]:
     """One user message: requirements, the sampled example tasks, and the ask."""
-    parts = [REQUIREMENTS.format(types=", ".join(CANONICAL_TYPES)), EXAMPLES_HEADER]
+    parts = [REQUIREMENTS.format(types=", ".join(TASK_TYPES)), EXAMPLES_HEADER]
     if structured:
         parts.append("\n".join(_example_json(t) for t in examples))
         parts.append(STRUCTURED_TAIL.format(n=n_tasks))
@@ -79,16 +85,19 @@ def build_messages(examples: Sequence[dict[str, Any]], n_tasks: int, structured:
 
 
 def task_batch_schema(n_tasks: int) -> dict[str, Any]:
-    """JSON schema for a batch of exactly ``n_tasks`` tasks (grammar-constrained decoding)."""
+    """JSON schema for a batch of exactly ``n_tasks`` tasks (grammar-constrained decoding).
+
+    No minLength/maxLength: llama.cpp expands them into one grammar rule per character, which
+    overflows its grammar limits; ``validate_task`` checks content after parsing instead."""
     task = {
         "type": "object",
         "properties": {
-            "type": {"type": "string", "enum": list(CANONICAL_TYPES)},
-            "topic": {"type": "string", "minLength": 2, "maxLength": 80},
-            "view": {"type": "string", "minLength": 2, "maxLength": 60},
+            "type": {"type": "string", "enum": list(TASK_TYPES)},
+            "topic": {"type": "string"},
+            "view": {"type": "string"},
             "difficulty": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
-            "instruction": {"type": "string", "minLength": 10, "maxLength": 600},
-            "input": {"type": "string", "maxLength": 1600},
+            "instruction": {"type": "string"},
+            "input": {"type": "string"},
         },
         "required": list(TASK_FIELDS),
         "additionalProperties": False,
@@ -120,7 +129,7 @@ def parse_structured(text: str) -> tuple[list[dict], list[dict]]:
     if start < 0 or end <= start:
         return [], [{"raw": text, "reason": "no JSON object in the response"}]
     try:
-        data = json.loads(text[start:end + 1])
+        data = json.loads(text[start:end + 1], strict=False)  # raw newlines inside strings are common
     except json.JSONDecodeError as e:
         return [], [{"raw": text, "reason": f"invalid JSON ({e.msg}); the response was probably cut off at max_tokens"}]
     items = data.get("tasks") if isinstance(data, dict) else None

@@ -1,0 +1,1 @@
+"""Prompt text: what the teacher is asked (instructions, responses) and the student's template."""

@@ -1,0 +1,530 @@
+"""Exact, fast ROUGE-L near-duplicate filtering (self-instruct / Alpaca / AlpaCare semantics).
+
+The reference filters score every new instruction against every other one with
+``rouge_score`` (pure-Python O(m*n) LCS tables, one pair at a time), which is quadratic in the
+number of instructions with a large constant: hours at 52k. This module returns exactly the
+same decisions (it reproduces rouge_score's tokenizer and its floating-point F-measure bit for
+bit) in seconds. It is pure: no Hydra, no I/O.
+
+Algorithm
+---------
+1. Tokens -> integer ids. Each instruction's token multiset becomes a *set* of features
+   ``(token, occurrence number)`` ("the#1", "the#2", ...), so the multiset overlap of two
+   instructions is the size of their feature-set intersection.
+2. Exact upper bound. ``LCS(x, y) <= overlap(x, y) <= min(|x|, |y|)``, and ROUGE-L F equals
+   ``2*LCS/(|x|+|y|)`` up to rounding, so ``ub = 2*overlap/(|x|+|y|)`` bounds the score.
+3. Candidates through an inverted index (feature -> ids of indexed instructions). For a query
+   instruction one pass over its features' posting lists counts its overlap with every indexed
+   instruction that shares a feature; instructions sharing nothing score exactly 0.
+4. Best-first exact maximum. The candidates are bucket-sorted by ``ub`` (1024 buckets, O(n))
+   and their LCS is computed from the highest bound down, stopping as soon as the best score
+   found beats every remaining bound (plus a 1e-9 margin that dwarfs float rounding). This
+   yields the *exact* maximum ROUGE-L of every instruction and its nearest neighbour, not just
+   the keep/drop bit, at the cost of LCS runs only for the few candidates whose bound is above
+   that maximum. The keep/drop decision is then ``max > threshold`` with the max computed by
+   the same float expression as rouge_score (``2*p*r/(p+r)``), so a pair at exactly the
+   threshold is treated exactly as the reference treats it.
+5. LCS length by Hyyro's bit-parallel algorithm in numba (one 64-bit word per 64 tokens of the
+   query; tokens of the candidate absent from the query are skipped since they cannot change
+   the bit vector).
+
+Why not prefix filtering? It finds the pairs *above* a threshold cheaply, but the report also
+wants every instruction's maximum similarity (the self-instruct histogram), which for a kept
+instruction lies below the threshold where prefixes cover almost every feature. Full overlap
+counting over compact int32 posting lists costs ~1 ns per posting and is what the exact
+maximum needs anyway; the decision comes for free from the maximum.
+
+Semantics
+---------
+- ``greedy_filter`` (self-instruct, Alpaca): walk in order; keep an instruction iff its
+  ROUGE-L against every seed and every instruction kept before it is <= threshold.
+  Its reported max similarity is over seeds + instructions kept before it; for a dropped one
+  the nearest neighbour is the instruction that knocked it out.
+- ``pairwise_filter`` (AlpaCare's released filter.py): drop an instruction if any *other*
+  instruction of the input (or any seed, if given) scores above threshold, so both members of
+  a near-duplicate pair go. Reported max is over all other instructions and the seeds.
+- Ties for the nearest neighbour go to the earliest text, seeds before instructions. An
+  instruction that shares no token with any compared text (or tokenizes to nothing) reports
+  similarity 0.0 and no neighbour.
+
+The pairwise kernel runs in parallel threads; the greedy walk is sequential by nature.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["tokenize", "rouge_l", "FilterResult", "greedy_filter", "pairwise_filter"]
+
+# rouge_score/tokenize.py lowercases, replaces runs of [^a-z0-9] by a space, splits on
+# whitespace and keeps tokens matching ^[a-z0-9]+$: that is exactly the [a-z0-9] runs.
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+# Score buckets for the best-first LCS order, and the slack that covers float rounding between
+# the exact bound 2*overlap/(m+n) and rouge_score's float F-measure (a few ulps, ~1e-16).
+_N_BUCKETS = 1024
+_MARGIN = 1e-9
+# Instructions handed to one numba call; between calls the progress callback runs.
+_CHUNK = 512
+
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def tokenize(text: str) -> list[str]:
+    """Tokens exactly as rouge_score's default tokenizer makes them (use_stemmer=False)."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+def _fmeasure(lcs: int, m: int, n: int) -> float:
+    """rouge_score's _score_lcs + scoring.fmeasure, same operations in the same order."""
+    if m == 0 or n == 0:
+        return 0.0
+    precision = lcs / n
+    recall = lcs / m
+    if precision + recall > 0:
+        return 2 * precision * recall / (precision + recall)
+    return 0.0
+
+
+def _lcs_python(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F-measure of two texts, equal to rouge_score's ``score(a, b)["rougeL"].fmeasure``."""
+    ta, tb = tokenize(a), tokenize(b)
+    return _fmeasure(_lcs_python(ta, tb), len(ta), len(tb))
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """Outcome of a filter run over ``instructions`` (indices refer to that list).
+
+    kept: indices of kept instructions, ascending.
+    max_similarity[i]: exact maximum ROUGE-L F of instruction i against the texts it was
+        compared with (greedy: seeds + instructions kept before it; pairwise: seeds + all
+        other instructions). 0.0 when it shares no token with any of them.
+    nearest_index[i] / nearest_seed[i]: index (into instructions / into seeds) of the text that
+        achieves that maximum, -1 in the other array or when there is none.
+    stats: counters and timings (lcs_computed, candidate_pairs, seconds, ...).
+    """
+
+    mode: str
+    threshold: float
+    kept: list[int]
+    max_similarity: np.ndarray
+    nearest_index: np.ndarray
+    nearest_seed: np.ndarray
+    stats: dict = field(default_factory=dict)
+    instructions: Sequence[str] = field(default=(), repr=False)
+    seeds: Sequence[str] = field(default=(), repr=False)
+
+    @property
+    def dropped(self) -> list[int]:
+        keep = set(self.kept)
+        return [i for i in range(len(self.max_similarity)) if i not in keep]
+
+    def nearest_text(self, i: int) -> Optional[str]:
+        """The text most similar to instruction i (a seed or an instruction), or None."""
+        if self.nearest_seed[i] >= 0:
+            return self.seeds[self.nearest_seed[i]]
+        if self.nearest_index[i] >= 0:
+            return self.instructions[self.nearest_index[i]]
+        return None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@dataclass
+class _Corpus:
+    """Seeds then instructions as flat int32 arrays (CSR by ``off``)."""
+
+    tok: np.ndarray  # token id per position
+    feat: np.ndarray  # feature id (token, occurrence) per position
+    off: np.ndarray  # text k spans positions off[k]:off[k+1]
+    df: np.ndarray  # number of texts holding each feature
+    n_seeds: int
+    max_len: int
+    max_distinct: int
+
+
+def _encode(texts: Sequence[str], n_seeds: int) -> _Corpus:
+    vocab: dict[str, int] = {}
+    ids: list[int] = []
+    off = np.zeros(len(texts) + 1, dtype=np.int64)
+    for k, text in enumerate(texts):
+        ids.extend([vocab.setdefault(w, len(vocab)) for w in tokenize(text)])
+        off[k + 1] = len(ids)
+    tok = np.asarray(ids, dtype=np.int32)
+    occ, max_distinct = _occurrence_numbers(tok, off, max(len(vocab), 1))
+    # Feature (token, occurrence) as one int64 key, then renumbered densely.
+    keys = occ.astype(np.int64) * max(len(vocab), 1) + tok
+    uniq, feat = np.unique(keys, return_inverse=True)
+    feat = feat.astype(np.int32).reshape(-1)
+    # Each feature occurs at most once per text, so its count is its document frequency.
+    df = np.bincount(feat, minlength=len(uniq)).astype(np.int64)
+    lens = np.diff(off)
+    return _Corpus(tok, feat, off, df, n_seeds, int(lens.max(initial=0)), max_distinct)
+
+
+@njit(cache=True)
+def _occurrence_numbers(tok, off, vocab_size):
+    """occ[p] = how many earlier positions of the same text hold the same token."""
+    seen = np.zeros(vocab_size, dtype=np.int32)
+    occ = np.zeros(len(tok), dtype=np.int32)
+    max_distinct = 0
+    for k in range(len(off) - 1):
+        distinct = 0
+        for p in range(off[k], off[k + 1]):
+            occ[p] = seen[tok[p]]
+            if occ[p] == 0:
+                distinct += 1
+            seen[tok[p]] += 1
+        for p in range(off[k], off[k + 1]):
+            seen[tok[p]] = 0
+        max_distinct = max(max_distinct, distinct)
+    return occ, max_distinct
+
+
+# --------------------------------------------------------------------------- LCS kernels
+
+
+@njit(cache=True)
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True)
+def _lcs_bitparallel(pm, slot, m, n_words, vbuf, tok, start, end):
+    """LCS length of the query (encoded in pm/slot, m tokens) and tok[start:end] (Hyyro 2004).
+
+    Bit i of V is 0 where query position i is matched; a candidate token absent from the query
+    has an all-zero match mask and leaves V unchanged, so it is skipped.
+    """
+    if n_words == 1:
+        v = _ONES
+        for p in range(start, end):
+            s = slot[tok[p]]
+            if s >= 0:
+                u = v & pm[s]
+                v = (v + u) | (v - u)
+        zeros = ~v
+        if m < 64:
+            zeros &= (np.uint64(1) << np.uint64(m)) - np.uint64(1)
+        return _popcount(zeros)
+    for w in range(n_words):
+        vbuf[w] = _ONES
+    for p in range(start, end):
+        s = slot[tok[p]]
+        if s < 0:
+            continue
+        base = s * n_words
+        carry = np.uint64(0)
+        for w in range(n_words):
+            vw = vbuf[w]
+            u = vw & pm[base + w]
+            t = vw + u
+            c1 = np.uint64(1) if t < vw else np.uint64(0)
+            t2 = t + carry
+            c2 = np.uint64(1) if t2 < t else np.uint64(0)
+            vbuf[w] = t2 | (vw - u)  # u is a subset of vw: no borrow crosses words
+            carry = c1 | c2
+    lcs = 0
+    for w in range(n_words):
+        zeros = ~vbuf[w]
+        bits = m - 64 * w
+        if bits < 64:
+            zeros &= (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+        lcs += _popcount(zeros)
+    return lcs
+
+
+@njit(cache=True)
+def _fmeasure_nb(lcs, m, n):
+    # Same float operations, in the same order, as rouge_score (no fastmath: IEEE semantics).
+    precision = lcs / n
+    recall = lcs / m
+    if precision + recall > 0:
+        return 2 * precision * recall / (precision + recall)
+    return 0.0
+
+
+@njit(cache=True)
+def _lcs_dp(a, b):
+    """Plain DP LCS on int arrays; used by tests to check the bit-parallel kernel."""
+    n = len(b)
+    prev = np.zeros(n + 1, dtype=np.int64)
+    cur = np.zeros(n + 1, dtype=np.int64)
+    for i in range(len(a)):
+        for j in range(n):
+            if a[i] == b[j]:
+                cur[j + 1] = prev[j] + 1
+            else:
+                cur[j + 1] = max(prev[j + 1], cur[j])
+        prev, cur = cur, prev
+    return prev[n]
+
+
+# --------------------------------------------------------------------------- best match
+
+
+@njit(cache=True)
+def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
+    n_words = max(1, (max_len + 63) // 64)
+    cnt = np.zeros(n_texts, dtype=np.int32)
+    touched = np.empty(n_texts, dtype=np.int32)
+    order = np.empty(n_texts, dtype=np.int32)
+    bucket = np.zeros(_N_BUCKETS + 2, dtype=np.int64)
+    slot = np.full(vocab_size, -1, dtype=np.int32)
+    pm = np.zeros(max(1, max_distinct) * n_words, dtype=np.uint64)
+    vbuf = np.zeros(n_words, dtype=np.uint64)
+    return cnt, touched, order, bucket, slot, pm, vbuf
+
+
+@njit(cache=True)
+def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touched, order, bucket, slot, pm, vbuf):
+    """Exact max ROUGE-L F of text q against the indexed texts (except ``skip``).
+
+    Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates).
+    """
+    q0, q1 = off[q], off[q + 1]
+    m = q1 - q0
+    if m == 0:
+        return 0.0, -1, 0, 0
+    # 1. Overlap with every indexed text sharing a feature.
+    n_touched = 0
+    for p in range(q0, q1):
+        f = feat[p]
+        for k in range(post_start[f], post_start[f] + post_len[f]):
+            j = post[k]
+            if cnt[j] == 0:
+                touched[n_touched] = j
+                n_touched += 1
+            cnt[j] += 1
+    if skip >= 0 and cnt[skip] > 0:  # the query itself, when it is in the index
+        cnt[skip] = 0
+        for t in range(n_touched):
+            if touched[t] == skip:
+                touched[t] = touched[n_touched - 1]
+                n_touched -= 1
+                break
+    if n_touched == 0:
+        return 0.0, -1, 0, 0
+    # 2. Bucket-sort candidates by their bound 2*overlap/(m+n), highest first.
+    bucket[:] = 0
+    for t in range(n_touched):
+        j = touched[t]
+        ub = 2.0 * cnt[j] / (m + off[j + 1] - off[j])
+        bucket[int(ub * _N_BUCKETS)] += 1
+    total = 0
+    for b in range(_N_BUCKETS, -1, -1):  # bucket b starts at ``total`` in ``order``
+        c = bucket[b]
+        bucket[b] = total
+        total += c
+    for t in range(n_touched):
+        j = touched[t]
+        ub = 2.0 * cnt[j] / (m + off[j + 1] - off[j])
+        b = int(ub * _N_BUCKETS)
+        order[bucket[b]] = j
+        bucket[b] += 1
+    # 3. Match masks of the query for the bit-parallel LCS.
+    n_words = max(1, (m + 63) // 64)
+    n_slots = 0
+    for p in range(q0, q1):
+        if slot[tok[p]] < 0:
+            slot[tok[p]] = n_slots
+            for w in range(n_words):
+                pm[n_slots * n_words + w] = np.uint64(0)
+            n_slots += 1
+        i = p - q0
+        pm[slot[tok[p]] * n_words + i // 64] |= np.uint64(1) << np.uint64(i % 64)
+    # 4. Exact LCS in order of decreasing bound until no bound can beat the best.
+    best = 0.0
+    best_j = -1
+    n_lcs = 0
+    for t in range(n_touched):
+        j = order[t]
+        n = off[j + 1] - off[j]
+        ub = 2.0 * cnt[j] / (m + n)
+        if ub + _MARGIN < best:
+            # Sorted by bucket, so only this bucket can still hold a better bound.
+            b = int(ub * _N_BUCKETS)
+            if (b + 1) / _N_BUCKETS + _MARGIN < best:
+                break
+            continue
+        lcs = _lcs_bitparallel(pm, slot, m, n_words, vbuf, tok, off[j], off[j + 1])
+        n_lcs += 1
+        f = _fmeasure_nb(lcs, m, n)
+        if f > best or (f == best and f > 0.0 and j < best_j):
+            best = f
+            best_j = j
+    # 5. Reset the scratch arrays for the next query.
+    for t in range(n_touched):
+        cnt[touched[t]] = 0
+    for p in range(q0, q1):
+        slot[tok[p]] = -1
+    return best, best_j, n_lcs, n_touched
+
+
+@njit(cache=True)
+def _index_text(j, feat, off, post, post_start, post_len):
+    for p in range(off[j], off[j + 1]):
+        f = feat[p]
+        post[post_start[f] + post_len[f]] = j
+        post_len[f] += 1
+
+
+@njit(cache=True)
+def _greedy_chunk(lo, hi, threshold, tok, feat, off, post, post_start, post_len, keep, best, best_j, counters,
+                  cnt, touched, order, bucket, slot, pm, vbuf):
+    """Greedy walk over texts lo..hi-1; kept ones join the index for the texts after them."""
+    for q in range(lo, hi):
+        s, j, n_lcs, n_cand = _best_match(q, tok, feat, off, post, post_start, post_len, -1,
+                                          cnt, touched, order, bucket, slot, pm, vbuf)
+        best[q] = s
+        best_j[q] = j
+        counters[0] += n_lcs
+        counters[1] += n_cand
+        keep[q] = not (s > threshold)
+        if keep[q]:
+            _index_text(q, feat, off, post, post_start, post_len)
+
+
+@njit(cache=True, parallel=True)
+def _pairwise_chunk(lo, hi, n_threads, tok, feat, off, post, post_start, post_len, best, best_j, counters,
+                    vocab_size, max_len, max_distinct):
+    """Each text lo..hi-1 against the full (static) index, in parallel threads."""
+    n_texts = len(off) - 1
+    for t in prange(n_threads):
+        cnt, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len, max_distinct)
+        for q in range(lo + t, hi, n_threads):
+            s, j, n_lcs, n_cand = _best_match(q, tok, feat, off, post, post_start, post_len, q,
+                                              cnt, touched, order, bucket, slot, pm, vbuf)
+            best[q] = s
+            best_j[q] = j
+            counters[t, 0] += n_lcs
+            counters[t, 1] += n_cand
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if math.isnan(threshold) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold
+
+
+def _empty_index(corpus: _Corpus):
+    post_start = np.zeros(len(corpus.df), dtype=np.int64)
+    np.cumsum(corpus.df[:-1], out=post_start[1:])
+    post = np.empty(int(corpus.df.sum()), dtype=np.int32)
+    post_len = np.zeros(len(corpus.df), dtype=np.int64)
+    return post, post_start, post_len
+
+
+def _result(mode, threshold, keep, best, best_j, corpus, instructions, seeds, stats) -> FilterResult:
+    s = corpus.n_seeds
+    nearest = best_j[s:]
+    nearest_seed = np.where((nearest >= 0) & (nearest < s), nearest, -1)
+    nearest_index = np.where(nearest >= s, nearest - s, -1)
+    kept = np.flatnonzero(keep[s:]).tolist()
+    stats.update(mode=mode, threshold=threshold, total=len(instructions), seeds=len(seeds), kept=len(kept),
+                 dropped=len(instructions) - len(kept))
+    return FilterResult(mode, threshold, kept, best[s:].copy(), nearest_index, nearest_seed, stats,
+                        instructions, seeds)
+
+
+def _prepare(instructions, seeds):
+    instructions = list(instructions)
+    seeds = list(seeds)
+    for name, texts in (("instructions", instructions), ("seeds", seeds)):
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"{name}[{i}] is {type(t).__name__}, expected str")
+    corpus = _encode(seeds + instructions, len(seeds))
+    return instructions, seeds, corpus
+
+
+def greedy_filter(instructions: Sequence[str], threshold: float, seeds: Sequence[str] = (),
+                  progress: Optional[Callable[[int], None]] = None) -> FilterResult:
+    """Self-instruct/Alpaca filter: keep i iff ROUGE-L(i, t) <= threshold for every seed t and
+    every instruction t kept before i. ``progress(n)`` is called as n more instructions are done.
+    """
+    threshold = _check_threshold(threshold)
+    t0 = time.perf_counter()
+    instructions, seeds, corpus = _prepare(instructions, seeds)
+    n_texts = len(corpus.off) - 1
+    post, post_start, post_len = _empty_index(corpus)
+    vocab_size = int(corpus.tok.max(initial=0)) + 1
+    ws = _new_workspace(n_texts, vocab_size, corpus.max_len, corpus.max_distinct)
+    keep = np.zeros(n_texts, dtype=np.bool_)
+    best = np.zeros(n_texts, dtype=np.float64)
+    best_j = np.full(n_texts, -1, dtype=np.int64)
+    counters = np.zeros(2, dtype=np.int64)
+    for j in range(corpus.n_seeds):
+        _index_text(j, corpus.feat, corpus.off, post, post_start, post_len)
+    for lo in range(corpus.n_seeds, n_texts, _CHUNK):
+        hi = min(lo + _CHUNK, n_texts)
+        _greedy_chunk(lo, hi, threshold, corpus.tok, corpus.feat, corpus.off, post, post_start, post_len,
+                      keep, best, best_j, counters, *ws)
+        if progress is not None:
+            progress(hi - lo)
+    stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]),
+             "seconds": round(time.perf_counter() - t0, 3)}
+    return _result("greedy", threshold, keep, best, best_j, corpus, instructions, seeds, stats)
+
+
+def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequence[str] = (),
+                    progress: Optional[Callable[[int], None]] = None) -> FilterResult:
+    """AlpaCare release filter: drop i if ROUGE-L(i, t) > threshold for any other instruction t
+    of the input or any seed t; both members of a near-duplicate pair are dropped.
+    """
+    threshold = _check_threshold(threshold)
+    t0 = time.perf_counter()
+    instructions, seeds, corpus = _prepare(instructions, seeds)
+    n_texts = len(corpus.off) - 1
+    post, post_start, post_len = _empty_index(corpus)
+    for j in range(n_texts):  # every text is compared with every other: index them all
+        _index_text(j, corpus.feat, corpus.off, post, post_start, post_len)
+    vocab_size = int(corpus.tok.max(initial=0)) + 1
+    best = np.zeros(n_texts, dtype=np.float64)
+    best_j = np.full(n_texts, -1, dtype=np.int64)
+    n_threads = _n_threads()
+    counters = np.zeros((n_threads, 2), dtype=np.int64)
+    chunk = _CHUNK * n_threads
+    for lo in range(corpus.n_seeds, n_texts, chunk):
+        hi = min(lo + chunk, n_texts)
+        _pairwise_chunk(lo, hi, n_threads, corpus.tok, corpus.feat, corpus.off, post, post_start, post_len,
+                        best, best_j, counters, vocab_size, corpus.max_len, corpus.max_distinct)
+        if progress is not None:
+            progress(hi - lo)
+    keep = ~(best > threshold)
+    keep[: corpus.n_seeds] = False
+    stats = {"lcs_computed": int(counters[:, 0].sum()), "candidate_pairs": int(counters[:, 1].sum()),
+             "seconds": round(time.perf_counter() - t0, 3)}
+    return _result("pairwise", threshold, keep, best, best_j, corpus, instructions, seeds, stats)
+
+
+def _n_threads() -> int:
+    import numba
+
+    return max(1, int(numba.get_num_threads()))

@@ -1,0 +1,266 @@
+"""Supervised fine-tuning data: Alpaca records -> tokenized examples -> batches.
+
+1. ``load_alpaca_records``: read the records and check their fields (one DataError line naming the
+   file and the record).
+2. ``tokenize_examples``: Alpaca prompt + response + EOS. Only response tokens (and the EOS) are
+   learned; prompt labels are -100. Examples longer than ``max_length`` are cut on the right and
+   counted; one whose prompt alone fills ``max_length`` has nothing to learn and is dropped.
+3. ``ResumableBatchSampler``: which examples form each micro-batch. Shuffled per epoch from the
+   seed; optionally grouped by length (little padding) or packed (no padding); sharded over ranks;
+   and able to start mid-epoch, which is what makes ``train.resume`` continue at the same data
+   position.
+4. ``collate_rows``: tensors for the model. A sampler "row" is one example (padded batch) or
+   several examples packed into one sequence. Packed rows get position ids that restart at 0 for
+   each example and no attention mask: transformers then builds a block-diagonal causal mask from
+   the position ids (sdpa/eager, ``masking_utils.find_packed_sequence_indices``) or runs varlen
+   flash attention, so no token attends across an example boundary.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from alpacare.data.jsonl import read_records
+from alpacare.errors import DataError
+from alpacare.prompts.alpaca import format_prompt
+
+IGNORE_INDEX = -100  # labels the loss skips (torch.nn.CrossEntropyLoss default ignore_index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and tokenization
+# ---------------------------------------------------------------------------------------------
+
+
+def load_alpaca_records(path: str | Path) -> list[dict[str, Any]]:
+    """Alpaca records ({instruction, input, output}) with their fields checked."""
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no training examples (empty file)")
+    for i, record in enumerate(records, 1):
+        for key in ("instruction", "output"):
+            if key not in record:
+                raise DataError(f"{path}: record {i} is missing the field {key!r}")
+            if not isinstance(record[key], str):
+                raise DataError(f"{path}: record {i}: {key!r} must be a string, got {type(record[key]).__name__}")
+        if not record["instruction"].strip():
+            raise DataError(f"{path}: record {i}: 'instruction' is empty")
+        if record.get("input") is not None and not isinstance(record["input"], str):
+            raise DataError(f"{path}: record {i}: 'input' must be a string, got {type(record['input']).__name__}")
+    return records
+
+
+@dataclass
+class Example:
+    """One tokenized example: prompt tokens then response tokens (ending in EOS unless truncated)."""
+
+    input_ids: torch.Tensor  # int64, shape [length]
+    prompt_length: int
+
+    def __len__(self) -> int:
+        return self.input_ids.numel()
+
+    @property
+    def labels(self) -> torch.Tensor:
+        labels = self.input_ids.clone()
+        labels[: self.prompt_length] = IGNORE_INDEX
+        return labels
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    truncated: int = 0  # cut to max_length (the tail of the response, and its EOS, are lost)
+    dropped: int = 0  # prompt alone >= max_length: no response token left to learn
+    tokens: int = 0
+
+
+def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: int) -> tuple[list[Example], TokenizeStats]:
+    """Prompt and response are tokenized separately and concatenated, so the response starts at an
+    exact token boundary (the same one the model sees at inference, after the bare prompt)."""
+    prompts = [format_prompt(r["instruction"], r.get("input")) for r in records]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
+
+    stats = TokenizeStats()
+    examples = []
+    for prompt, response in zip(prompt_ids, response_ids):
+        ids = prompt + response + [tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            stats.truncated += 1
+            if len(prompt) >= max_length:
+                stats.dropped += 1
+                continue
+            ids = ids[:max_length]
+        examples.append(Example(torch.tensor(ids, dtype=torch.long), len(prompt)))
+        stats.tokens += len(ids)
+    stats.examples = len(examples)
+    return examples, stats
+
+
+def data_fingerprint(path: str | Path, max_length: int) -> str:
+    """Identifies the training data, so a resumed run refuses a checkpoint made on other data."""
+    digest = hashlib.sha256(Path(path).read_bytes())
+    digest.update(f"max_length={max_length}".encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Which examples go together: length grouping, packing, resumable order
+# ---------------------------------------------------------------------------------------------
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
+    """Best-fit-decreasing bin packing of examples into rows of at most ``capacity`` tokens.
+
+    Deterministic in ``lengths`` alone, so every epoch (and a resumed run) has the same rows and
+    the same number of steps; epochs differ in the order of the rows.
+    """
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (space left, row id), sorted: bisect finds the best fit
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        need = lengths[i]
+        k = bisect.bisect_left(free, (need, -1))
+        if k < len(free):
+            space, row = free.pop(k)
+        else:
+            space, row = capacity, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        if space - need > 0:
+            bisect.insort(free, (space - need, row))
+    return [tuple(r) for r in rows]
+
+
+class ResumableBatchSampler(Sampler):
+    """Yields micro-batches as lists of rows (tuples of example indices) for one rank.
+
+    Each epoch shuffles the rows with ``seed + epoch``. With ``group_by_length``, rows are sorted by
+    length within random megabatches of 50 global batches (HF Trainer's LengthGroupedSampler), so
+    a batch pads little while the batch order stays random. A global batch (one micro-batch per
+    rank) is cut from consecutive rows, so all ranks get similar lengths at the same step.
+    """
+
+    MEGABATCH_FACTOR = 50  # HF LengthGroupedSampler's default
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group_by_length: bool = True,
+        pack_to: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.rows = pack_rows(lengths, pack_to) if pack_to else [(i,) for i in range(len(lengths))]
+        self.row_lengths = [sum(lengths[i] for i in row) for row in self.rows]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` micro-batches of ``epoch`` (already trained on)."""
+        self._resume = (epoch, batches_done)
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        if self.world_size == 1:
+            return math.ceil(len(self.rows) / global_batch)
+        return len(self.rows) // global_batch  # every rank must run the same number of steps
+
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's global batches, as lists of row ids (all ranks)."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.rows), generator=generator).tolist()
+        global_batch = self.batch_size * self.world_size
+        if self.group_by_length:
+            mega = global_batch * self.MEGABATCH_FACTOR
+            order = [
+                row
+                for start in range(0, len(order), mega)
+                for row in sorted(order[start : start + mega], key=lambda r: -self.row_lengths[r])
+            ]
+        batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)][: len(self)]
+        if self.group_by_length:  # sorted megabatches would otherwise run long-to-short in order
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+            self._resume = None
+        for batch in self.global_batches()[skip:]:
+            mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            yield [self.rows[r] for r in mine]
+
+
+class ExampleRows(Dataset):
+    """Indexed by a row (tuple of example ids); returns its examples. Used with ResumableBatchSampler."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, row: tuple[int, ...]) -> list[Example]:
+        return [self.examples[i] for i in row]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def collate_rows(rows: Sequence[Sequence[Example]], pad_token_id: int) -> dict[str, Any]:
+    """Right-padded tensors, one line per row.
+
+    Single-example rows get the usual ``attention_mask``. Packed rows get ``position_ids`` that
+    restart at 0 for every example (the padding tail counts as one more sequence), which is what
+    makes transformers keep attention block-diagonal; an attention mask would disable that.
+    """
+    width = max(sum(len(e) for e in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = 0
+        for example in row:
+            end = start + len(example)
+            input_ids[b, start:end] = example.input_ids
+            labels[b, start:end] = example.labels
+            position_ids[b, start:end] = torch.arange(len(example))
+            attention_mask[b, start:end] = 1
+            start = end
+        position_ids[b, start:] = torch.arange(width - start)
+    batch = {
+        "input_ids": input_ids,
+        "labels": labels,
+        "num_tokens": int(attention_mask.sum()),  # useful (non-pad) tokens, for tokens/s
+        "num_examples": sum(len(row) for row in rows),
+    }
+    if any(len(row) > 1 for row in rows):
+        batch["position_ids"] = position_ids
+    else:
+        batch["attention_mask"] = attention_mask
+    return batch

@@ -1,0 +1,168 @@
+"""The ``dedup`` stage: drop near-duplicate instructions by ROUGE-L, as self-instruct and Alpaca do.
+
+Input: a JSONL of instruction records (``dedup.input=FILE``, else this run's
+``instructions/instructions.jsonl``); every record needs a non-empty string ``instruction``
+and keeps all its other fields. Seeds (``dedup.against_seeds``) are the seed tasks the
+instructions stage uses (``instructions.seeds``).
+
+Modes (``dedup.mode``), both exact with respect to rouge_score (see ``alpacare.rouge``):
+- greedy: keep an instruction iff its ROUGE-L F against every seed and every instruction kept
+  before it is <= ``dedup.threshold`` (self-instruct, Alpaca).
+- pairwise: drop every instruction that has any other instruction (or seed) above the
+  threshold (AlpaCare's released filter.py).
+
+Outputs in ``<run>/dedup/``, written only after the input has been fully validated and
+filtered, each atomically, ``stats.json`` last (its presence means the stage completed):
+- ``kept.jsonl``: kept records, unchanged.
+- ``dropped.jsonl``: dropped records plus ``nearest_instruction`` (the text that knocked
+  each out), ``nearest_is_seed`` and ``rouge_l`` (their score).
+- ``similarity.png``: histogram of every instruction's max ROUGE-L with the threshold drawn,
+  as in the self-instruct paper's figure.
+- ``stats.json``: counts, kept ratio, settings, seconds, histogram counts in 0.05 bins.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alpacare.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from alpacare.errors import ConfigError, DataError
+from alpacare.rouge import FilterResult, greedy_filter, pairwise_filter
+from alpacare.stages import StageContext
+
+log = logging.getLogger(__name__)
+
+FILTERS = {"greedy": greedy_filter, "pairwise": pairwise_filter}
+BIN_WIDTH = 0.05
+BIN_EDGES = np.linspace(0.0, 1.0, int(round(1 / BIN_WIDTH)) + 1)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    started = time.perf_counter()
+    cfg = ctx.cfg.dedup
+    if cfg.mode not in FILTERS:
+        raise ConfigError(f"dedup.mode: must be one of {sorted(FILTERS)}, got {cfg.mode!r}")
+    path = ctx.input_path(cfg.input, "dedup.input", "instructions", "instructions.jsonl")
+    records = read_jsonl(path)
+    instructions = instruction_texts(records, path)
+    seeds = seed_instructions(ctx) if cfg.against_seeds else []
+    log.info("dedup: %d instructions from %s, %d seeds, %s mode, threshold %s",
+             len(instructions), path, len(seeds), cfg.mode, cfg.threshold)
+
+    result = run_filter(FILTERS[cfg.mode], instructions, float(cfg.threshold), seeds)
+
+    out = ctx.dir
+    stats = build_stats(result, path, bool(cfg.against_seeds), time.perf_counter() - started)
+    write_jsonl_atomic(out / "kept.jsonl", (records[i] for i in result.kept))
+    write_jsonl_atomic(out / "dropped.jsonl", dropped_records(records, result))
+    plot = plot_similarity(out / "similarity.png", result)
+    write_json_atomic(out / "stats.json", stats)
+
+    ctx.tracker.log({f"dedup/{k}": v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    ctx.tracker.image("dedup/similarity", plot)
+    return {k: stats[k] for k in ("total", "kept", "dropped", "kept_ratio", "threshold", "mode")}
+
+
+def instruction_texts(records: list[dict[str, Any]], path: Path) -> list[str]:
+    """Each record's instruction; a DataError naming file and line for a record without one."""
+    if not records:
+        raise DataError(f"{path}: no records (the file is empty)")
+    texts = []
+    for k, record in enumerate(records):
+        text = record.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            what = "missing" if text is None else f"not a non-empty string ({type(text).__name__})"
+            raise DataError(f'{path}:{_line_of_record(path, k)}: "instruction" is {what}')
+        texts.append(text)
+    return texts
+
+
+def _line_of_record(path: Path, index: int) -> int:
+    """1-based line of the index-th record (read_jsonl skips blank lines)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if raw.strip():
+                if index == 0:
+                    return lineno
+                index -= 1
+    return 0
+
+
+def seed_instructions(ctx: StageContext) -> list[str]:
+    from alpacare.data.seeds import load_seed_tasks
+
+    return [t["instruction"] for t in load_seed_tasks(ctx.cfg.instructions.seeds, ctx.cfg.cache_dir)]
+
+
+def run_filter(filter_fn, instructions: list[str], threshold: float, seeds: list[str]) -> FilterResult:
+    from tqdm import tqdm
+
+    # The bar only helps a person watching; logs and CI get the start/end lines instead.
+    with tqdm(total=len(instructions), desc="dedup", unit="inst", file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        return filter_fn(instructions, threshold, seeds, progress=bar.update)
+
+
+def dropped_records(records: list[dict[str, Any]], result: FilterResult) -> list[dict[str, Any]]:
+    return [
+        {**records[i], "nearest_instruction": result.nearest_text(i), "nearest_is_seed": bool(result.nearest_seed[i] >= 0),
+         "rouge_l": float(result.max_similarity[i])}
+        for i in result.dropped
+    ]
+
+
+def histogram(values: np.ndarray) -> list[int]:
+    counts, _ = np.histogram(values, bins=BIN_EDGES)  # the last bin includes 1.0
+    return [int(c) for c in counts]
+
+
+def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: float) -> dict[str, Any]:
+    total = len(result.max_similarity)
+    kept = len(result.kept)
+    return {
+        "input": str(path),
+        "total": total,
+        "kept": kept,
+        "dropped": total - kept,
+        "kept_ratio": round(kept / total, 6),
+        "threshold": result.threshold,
+        "mode": result.mode,
+        "against_seeds": against_seeds,
+        "seeds": len(result.seeds),
+        "seconds": round(seconds, 3),
+        "filter_seconds": result.stats.get("seconds"),
+        "lcs_computed": result.stats.get("lcs_computed"),
+        "mean_max_similarity": round(float(np.mean(result.max_similarity)), 6),
+        "histogram": {
+            "bin_width": BIN_WIDTH,
+            "edges": [round(float(e), 2) for e in BIN_EDGES],
+            "counts": histogram(result.max_similarity),
+        },
+    }
+
+
+def plot_similarity(path: Path, result: FilterResult) -> Path:
+    from alpacare.plots import plt, save_figure
+
+    keep = np.zeros(len(result.max_similarity), dtype=bool)
+    keep[result.kept] = True
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.hist([result.max_similarity[keep], result.max_similarity[~keep]], bins=BIN_EDGES, stacked=True,
+            color=["#4c72b0", "#dd8452"], label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
+    ax.axvline(result.threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {result.threshold:g}")
+    against = "earlier kept instructions" if result.mode == "greedy" else "all other instructions"
+    if len(result.seeds):
+        against = "seeds + " + against
+    ax.set_xlabel(f"max ROUGE-L F vs {against}")
+    ax.set_ylabel("instructions")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"ROUGE-L similarity ({result.mode}, {len(result.max_similarity)} instructions)")
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,135 @@
+"""Stage 1, ``instructions``: the teacher writes new medical tasks from sampled seed tasks.
+
+Each request shows the teacher ``seeds_per_request`` seed tasks drawn at random (paper: 3), plus
+optionally some tasks it wrote earlier, and asks for ``tasks_per_request`` new ones (paper: 12).
+Requests go out in waves until ``count`` tasks parse or the request budget runs out.
+
+Resume: every finished request is appended to ``requests.jsonl`` (raw text, parsed tasks,
+rejects) before anything else happens, and request i always samples the same examples, so a run
+killed at any point and restarted on the same run dir sends only the requests it lacks.
+Outputs, written atomically once the stage is done: ``instructions.jsonl`` (the tasks, with ids),
+``rejects.jsonl`` (raw text + reason for everything that did not parse), ``stats.json`` and
+``distribution.png`` (task types, views and difficulties of what was generated).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from typing import Any
+
+from alpacare.data.jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
+from alpacare.data.seeds import load_seed_tasks, seed_source
+from alpacare.llm.client import Completion, Request
+from alpacare.plots import bar_charts
+from alpacare.prompts.instructions import build_messages, parse_tasks, task_batch_schema
+from alpacare.stages import StageContext
+
+log = logging.getLogger(__name__)
+
+
+def _sample_examples(i: int, seeds: list[dict], generated: list[dict], cfg: Any) -> list[dict]:
+    rng = random.Random(f"{cfg.seed}:{i}")  # request i always shows the same examples
+    examples = rng.sample(seeds, min(cfg.seeds_per_request, len(seeds)))
+    if cfg.generated_per_request and generated:
+        examples += rng.sample(generated, min(cfg.generated_per_request, len(generated)))
+    rng.shuffle(examples)
+    return examples
+
+
+def _request(i: int, examples: list[dict], ctx: StageContext) -> Request:
+    cfg, teacher = ctx.cfg.instructions, ctx.teacher()
+    return Request(
+        key=str(i),
+        messages=build_messages(examples, cfg.tasks_per_request, teacher.structured_output),
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        presence_penalty=cfg.presence_penalty,
+        max_tokens=cfg.max_tokens,
+        response_format=teacher.json_response_format(task_batch_schema(cfg.tasks_per_request), "task_batch"),
+        nonce=f"instructions:{cfg.seed}:{i}",
+    )
+
+
+def _generate(ctx: StageContext, seeds: list[dict], work: AppendLog) -> None:
+    cfg = ctx.cfg.instructions
+    teacher = ctx.teacher()
+    max_requests = math.ceil(cfg.count / cfg.tasks_per_request * cfg.max_requests_factor)
+
+    def parsed() -> int:
+        return sum(len(r["tasks"]) for r in work.records)
+
+    def record(request: Request, completion: Completion | None, error: str) -> None:
+        text = completion.text if completion else ""
+        tasks, rejects = parse_tasks(text, teacher.structured_output) if completion else ([], [{"raw": "", "reason": error}])
+        if completion and completion.finish_reason == "length":
+            for r in rejects:
+                r["reason"] += " (finish_reason=length)"
+        work.append({
+            "request": int(request.key), "raw": text, "tasks": tasks, "rejects": rejects,
+            "cached": bool(completion and completion.cached),
+            "prompt_tokens": completion.prompt_tokens if completion else 0,
+            "completion_tokens": completion.completion_tokens if completion else 0,
+        })
+
+    while parsed() < cfg.count:
+        done = {r["request"] for r in work.records}
+        missing = math.ceil((cfg.count - parsed()) / cfg.tasks_per_request)
+        todo = [i for i in range(max_requests) if i not in done][:max(missing, 1)]
+        if not todo:
+            log.warning("instructions: request budget (%d) spent with %d of %d tasks parsed",
+                        max_requests, parsed(), cfg.count)
+            return
+        generated = [t for r in work.records for t in r["tasks"]]
+        requests = [_request(i, _sample_examples(i, seeds, generated, cfg), ctx) for i in todo]
+        teacher.run(requests, record, desc=f"instructions ({parsed()}/{cfg.count} tasks)")
+
+
+def _collect(work: AppendLog, count: int) -> tuple[list[dict], list[dict]]:
+    tasks, rejects = [], []
+    for r in sorted(work.records, key=lambda r: r["request"]):
+        for k, task in enumerate(r["tasks"]):
+            tasks.append({"id": f"gen-{r['request']:06d}-{k:02d}", **task})
+        rejects += [{"request": r["request"], **x} for x in r["rejects"]]
+    return tasks[:count], rejects
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg.instructions
+    seeds = load_seed_tasks(cfg.seeds, ctx.cfg.cache_dir)
+    source = seed_source(cfg.seeds, ctx.cfg.cache_dir)
+    log.info("instructions: %d seed tasks from %s", len(seeds), source)
+    with AppendLog(ctx.dir / "requests.jsonl") as work:
+        resumed = len(work.records)
+        _generate(ctx, seeds, work)
+        tasks, rejects = _collect(work, cfg.count)
+        records = work.records
+    paid = [r for r in records if not r["cached"]]
+    cost = ctx.teacher().ledger.cost_of(sum(r["prompt_tokens"] for r in paid), sum(r["completion_tokens"] for r in paid))
+    stats = {
+        "seed_tasks": len(seeds),
+        "seed_source": source,
+        "requests": len(records),
+        "requests_resumed": resumed,
+        "requests_cached": sum(r["cached"] for r in records),
+        "tasks_parsed": sum(len(r["tasks"]) for r in records),
+        "tasks_kept": len(tasks),
+        "rejects": len(rejects),
+        "reject_reasons": dict(Counter(x["reason"].split(" (")[0][:80] for x in rejects).most_common(10)),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(r["completion_tokens"] for r in records),
+        "cost_usd": round(cost, 6),
+        "types": dict(Counter(t["type"] for t in tasks)),
+        "views": dict(Counter(t["view"] for t in tasks)),
+        "difficulties": dict(Counter(str(t["difficulty"]) for t in tasks)),
+    }
+    write_jsonl_atomic(ctx.dir / "rejects.jsonl", rejects)
+    write_jsonl_atomic(ctx.dir / "instructions.jsonl", tasks)
+    plot = bar_charts(ctx.dir / "distribution.png", "Generated tasks",
+                      {"type": stats["types"], "view": stats["views"], "difficulty": stats["difficulties"]})
+    write_json_atomic(ctx.dir / "stats.json", stats)
+    ctx.tracker.log({f"instructions/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+    ctx.tracker.image("instructions/distribution", plot)
+    return {k: stats[k] for k in ("requests", "tasks_parsed", "tasks_kept", "rejects", "completion_tokens", "cost_usd")}

@@ -1,0 +1,533 @@
+"""Stage 4, ``train``: supervised instruction tuning of the student on the teacher's answers.
+
+The recipe, top to bottom in ``run``:
+
+1. read the Alpaca JSON (responses stage's ``train.json`` or ``train.data=FILE``) and tokenize it
+   with the Alpaca template: loss on response tokens only, EOS appended, a pad token distinct
+   from EOS, examples longer than ``train.max_length`` truncated and counted (alpacare/sft.py);
+2. load the student: full weights, LoRA, or QLoRA (4-bit NF4 base + LoRA) (alpacare/models.py);
+3. wrap it in ``InstructionTuner``, a LightningModule: the loss, AdamW with warmup + cosine decay
+   (transformers' schedulers, as in the Alpaca/AlpaCare HF Trainer), and resumable batches;
+4. build the Lightning Trainer from ``cfg.trainer`` with ``hydra.utils.instantiate`` plus what this
+   stage owns: steps, gradient accumulation to the effective batch, FSDP wrapping of the decoder
+   layer class, checkpoints, W&B, throughput;
+5. fit, continuing from ``train/checkpoints/last.ckpt`` when ``train.resume=auto``;
+6. write the Hugging Face model dir (safetensors + tokenizer + model card) and ``stats.json``,
+   each atomically.
+
+Resume: Lightning's checkpoint restores the weights (only the trainable ones for LoRA/QLoRA), the
+optimizer and LR scheduler states, and the loop counters (global step, epoch, batch index).
+Lightning restarts the dataloader at the start of the epoch, though, so the checkpoint also
+records how many micro-batches of the epoch were consumed and the torch RNG state (dropout); the
+sampler skips those batches on resume. A run killed with kill -9 and resumed therefore sees the
+same batches, in the same order, with the same schedule, and ends at the same optimizer step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import grad_norm
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from alpacare import models
+from alpacare.data.jsonl import write_json_atomic
+from alpacare.errors import ConfigError
+from alpacare.sft import (
+    ExampleRows,
+    ResumableBatchSampler,
+    collate_rows,
+    data_fingerprint,
+    load_alpaca_records,
+    tokenize_examples,
+)
+from alpacare.stages import StageContext
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# The LightningModule
+# ---------------------------------------------------------------------------------------------
+
+
+class InstructionTuner(L.LightningModule):
+    """A causal LM trained on prompt/response pairs, with batches that resume mid-epoch."""
+
+    def __init__(self, model, examples, *, train_cfg: DictConfig, lr: float, pad_token_id: int, fingerprint: str):
+        super().__init__()
+        self.model = model
+        self.examples = examples
+        self.train_cfg = train_cfg
+        self.lr = lr
+        self.pad_token_id = pad_token_id
+        self.fingerprint = fingerprint
+        # LoRA/QLoRA checkpoints keep only the trainable weights; the frozen base comes from model.path.
+        self.strict_loading = False
+        self.sampler: Optional[ResumableBatchSampler] = None
+        self._data_position = (0, 0)  # (epoch, micro-batches of it trained on): saved in checkpoints
+        self._restored: Optional[dict[str, Any]] = None
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def make_sampler(self) -> ResumableBatchSampler:
+        cfg = self.train_cfg
+        return ResumableBatchSampler(
+            [len(e) for e in self.examples],
+            cfg.micro_batch_size,
+            seed=cfg.seed,
+            group_by_length=cfg.group_by_length,
+            pack_to=cfg.max_length if cfg.packing else None,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.sampler = self.make_sampler()
+        return DataLoader(
+            ExampleRows(self.examples),
+            batch_sampler=self.sampler,
+            collate_fn=partial(collate_rows, pad_token_id=self.pad_token_id),
+            # Tokenized up front and collation is cheap: workers would only add start-up time.
+            num_workers=0,
+            # Its own generator, so building an iterator never consumes the global RNG (dropout).
+            generator=torch.Generator().manual_seed(self.train_cfg.seed),
+        )
+
+    # -- optimization --------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(
+            input_ids=batch["input_ids"],
+            labels=batch["labels"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            use_cache=False,  # with a KV cache, transformers would ignore packed position ids
+        )
+        # batch_idx counts micro-batches within the epoch and continues across a resume.
+        self._data_position = (self.current_epoch, batch_idx + 1)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["num_examples"])
+        return out.loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Before clipping, like the grad_norm HF Trainer logs.
+        norms = grad_norm(self.model, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True)
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        cfg = self.train_cfg
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        # HF Trainer (Alpaca/AlpaCare) decays every weight matrix but not biases and norm weights.
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        total_steps = self.total_optimizer_steps()
+        scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(total_steps * cfg.warmup_ratio),  # HF TrainingArguments.get_warmup_steps
+            num_training_steps=total_steps,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run; Lightning steps on the last, partial accumulation too."""
+        batches = len(self.make_sampler())
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+        total = per_epoch * self.trainer.max_epochs
+        return min(total, self.trainer.max_steps) if self.trainer.max_steps > 0 else total
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._keeps_trainable_only():
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["alpacare"] = {
+            "data_position": self._data_position,
+            "data_fingerprint": self.fingerprint,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def _keeps_trainable_only(self) -> bool:
+        # Sharded strategies (FSDP, DeepSpeed) save and load their own complete state.
+        frozen = any(not p.requires_grad for p in self.parameters())
+        return frozen and isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("alpacare")
+        if saved is None:
+            raise ConfigError("train.resume: the checkpoint was not written by the alpacare train stage")
+        if saved["data_fingerprint"] != self.fingerprint:
+            raise ConfigError(
+                "train.resume: the checkpoint was trained on other data or max_length; "
+                "set train.resume=never to start over"
+            )
+        self._restored = saved
+
+    def on_train_start(self) -> None:
+        # Applied here, after Lightning has restored everything and right before the first batch.
+        if self._restored is not None:
+            epoch, batches_done = self._restored["data_position"]
+            self.sampler.resume_at(epoch, batches_done)
+            self._data_position = (epoch, batches_done)
+            torch.set_rng_state(self._restored["torch_rng"])
+            if self._restored["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._restored["cuda_rng"])
+            self._restored = None
+
+
+class ThroughputStats(L.Callback):
+    """Useful (non-pad) tokens per second of training compute, peak memory, run totals."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.examples = 0
+        self.busy_s = 0.0  # forward/backward/optimizer time, without checkpoint writes
+        self.wall_s = 0.0
+        self._step_tokens = 0
+        self._step_busy_s = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+        self._last_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        busy = time.perf_counter() - self._batch_start
+        self.busy_s += busy
+        self._step_busy_s += busy
+        self.tokens += batch["num_tokens"]
+        self._step_tokens += batch["num_tokens"]
+        self.examples += batch["num_examples"]
+        if trainer.global_step != self._last_step:  # this micro-batch completed an optimizer step
+            pl_module.log("train/tokens_per_s", self._step_tokens / max(self._step_busy_s, 1e-9), prog_bar=True)
+            pl_module.log("train/peak_memory_gb", peak_memory_bytes() / 2**30)
+            self._step_tokens, self._step_busy_s = 0, 0.0
+            self._last_step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.wall_s = time.perf_counter() - self._fit_start
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.busy_s if self.busy_s else 0.0
+
+
+def peak_memory_bytes() -> int:
+    """Peak GPU memory allocated when training on CUDA, else the process's peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_world_size(trainer_cfg: DictConfig) -> int:
+    """Processes that will train (devices x nodes), known before the Trainer exists, because the
+    gradient accumulation that reaches the effective batch depends on it."""
+    devices = trainer_cfg.devices
+    if isinstance(devices, (list, ListConfig)):
+        per_node = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    elif str(devices) in ("auto", "-1"):
+        uses_gpu = trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto" and torch.cuda.is_available())
+        per_node = max(torch.cuda.device_count(), 1) if uses_gpu else 1
+    else:
+        per_node = int(devices)
+    return per_node * trainer_cfg.num_nodes
+
+
+def gradient_accumulation(train_cfg: DictConfig, world_size: int) -> int:
+    per_step = train_cfg.micro_batch_size * world_size
+    if train_cfg.effective_batch_size % per_step:
+        raise ConfigError(
+            f"train.effective_batch_size={train_cfg.effective_batch_size}: must be a multiple of "
+            f"micro_batch_size x world size = {train_cfg.micro_batch_size} x {world_size}"
+        )
+    return train_cfg.effective_batch_size // per_step
+
+
+def uses_fsdp(trainer_cfg: DictConfig) -> bool:
+    strategy = trainer_cfg.strategy
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    return str(strategy.get("_target_", "")).endswith("FSDPStrategy")
+
+
+def build_strategy(trainer_cfg: DictConfig, model, model_cfg: DictConfig):
+    """A strategy name passes through; a strategy config is instantiated. FSDP wraps each instance
+    of the decoder layer class (``model.fsdp_layer_cls``), as Alpaca's --fsdp auto_wrap does."""
+    strategy = trainer_cfg.strategy
+    if isinstance(strategy, str) and not strategy.startswith("fsdp"):
+        return strategy
+    if isinstance(strategy, str):
+        strategy = OmegaConf.create({"_target_": "lightning.pytorch.strategies.FSDPStrategy"})
+    extra = {}
+    if uses_fsdp(trainer_cfg):
+        extra["auto_wrap_policy"] = {models.find_module_class(model, model_cfg.fsdp_layer_cls)}
+    try:
+        return instantiate(strategy, **extra)
+    except Exception as e:  # missing deepspeed, bad arguments: one line, not a traceback
+        raise ConfigError(f"trainer.strategy={strategy.get('_target_')}: {models._first_line(e)}") from None
+
+
+def build_logger(ctx: StageContext):
+    """Lightning's WandbLogger on the stage's existing W&B run; no logger without one."""
+    if ctx.tracker.run is None:
+        return False
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(experiment=ctx.tracker.run)
+
+
+def build_trainer(cfg: DictConfig, ctx: StageContext, model, *, accumulate: int, callbacks: list, logger) -> L.Trainer:
+    try:
+        return instantiate(
+            cfg.trainer,
+            strategy=build_strategy(cfg.trainer, model, cfg.model),
+            max_epochs=cfg.train.epochs,
+            max_steps=cfg.train.max_steps,
+            accumulate_grad_batches=accumulate,
+            callbacks=callbacks,
+            logger=logger,
+            default_root_dir=str(ctx.dir),
+            # ResumableBatchSampler shards by rank itself (and keeps lengths aligned across ranks).
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+        )
+    except ConfigError:
+        raise
+    except Exception as e:  # e.g. accelerator=gpu without a GPU: Lightning's MisconfigurationException
+        raise ConfigError(f"trainer: {models._first_line(e)}") from None
+
+
+def checkpoint_to_resume(train_cfg: DictConfig, checkpoint_dir: Path) -> Optional[str]:
+    if train_cfg.resume == "never":
+        return None
+    if train_cfg.resume == "auto":
+        last = checkpoint_dir / "last.ckpt"
+        return str(last) if last.exists() else None
+    path = Path(train_cfg.resume).expanduser()
+    if not path.exists():
+        raise ConfigError(f"train.resume={train_cfg.resume}: no such checkpoint")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def full_state_dict(trainer: L.Trainer, model) -> Optional[dict]:
+    """The unsharded weights under FSDP (every rank must call this); None = model.state_dict()."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def model_card(cfg: DictConfig, *, base: str, data_path: Path, stats: dict[str, Any], hparams: dict[str, Any], merged: bool) -> str:
+    adapter = cfg.tuning.method in ("lora", "qlora")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+    metrics = "\n".join(
+        f"| {k} | {v} |" for k, v in stats.items() if k in ("steps", "final_loss", "tokens", "tokens_per_s", "seconds", "peak_rss_gb")
+    )
+    load = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(DIR)  # peft installed: base + this adapter\n"
+        "tokenizer = AutoTokenizer.from_pretrained(DIR)"
+    )
+    return f"""---
+base_model: {base}
+library_name: {"peft" if adapter else "transformers"}
+tags: [alpacare, medical, instruction-tuning, {cfg.tuning.method}]
+---
+# AlpaCare student: {cfg.model.name} ({cfg.tuning.method})
+
+Instruction-tuned by the alpacare `train` stage, following AlpaCare (Zhang et al. 2023), which
+tunes LLaMA-family models on MedInstruct with Stanford Alpaca's recipe.
+{"This directory holds the LoRA adapter" + (" (base weights 4-bit NF4 during training)" if cfg.tuning.method == "qlora" else "") + "; merged weights are in ../model_merged." if adapter and merged else ("This directory holds the LoRA adapter." if adapter else "This directory holds the full weights.")}
+
+- Base model: `{base}`
+- Training data: `{data_path}`: {stats["examples"]} examples, {stats["truncated"]} truncated to {cfg.train.max_length} tokens, {stats["dropped"]} dropped (prompt alone too long)
+- Prompt: the Stanford Alpaca template (`alpacare/prompts/alpaca.py`); the response follows `### Response:` and ends with EOS.
+
+## Hyperparameters
+
+| name | value |
+|---|---|
+{rows}
+
+## Metrics
+
+| name | value |
+|---|---|
+{metrics}
+
+## Use
+
+```python
+{load}
+```
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    started = time.perf_counter()
+    data_path = ctx.input_path(cfg.train.data, "train.data", "responses", "train.json")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    # 1. Data: Alpaca records -> tokenized examples with response-only labels.
+    records = load_alpaca_records(data_path)
+    tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
+    examples, data_stats = tokenize_examples(records, tokenizer, cfg.train.max_length)
+    if not examples:
+        raise ConfigError(f"train.max_length={cfg.train.max_length}: every prompt in {data_path} is longer; nothing to train on")
+    log.info("train: %d examples (%d truncated, %d dropped), %d tokens", data_stats.examples, data_stats.truncated,
+             data_stats.dropped, data_stats.tokens)
+
+    # 2. Student.
+    world_size = expected_world_size(cfg.trainer)
+    device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        import os
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model = models.load_model(
+        cfg.model, cfg.tuning, cfg.cache_dir, tokenizer=tokenizer, device=device,
+        fsdp=uses_fsdp(cfg.trainer), gradient_checkpointing=cfg.train.gradient_checkpointing,
+    )
+    trainable, total = models.trainable_parameters(model)
+    lr = cfg.train.lr if cfg.train.lr is not None else cfg.tuning.lr
+
+    # 3. LightningModule.
+    module = InstructionTuner(
+        model, examples, train_cfg=cfg.train, lr=lr, pad_token_id=tokenizer.pad_token_id,
+        fingerprint=data_fingerprint(data_path, cfg.train.max_length),
+    )
+
+    # 4. Trainer.
+    checkpoint_dir = ctx.dir / "checkpoints"
+    checkpoints = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        every_n_train_steps=cfg.train.save_every_n_steps,
+        save_top_k=0,  # no per-step copies: last.ckpt (every N steps and at the end) is what resume needs
+        save_last=True,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,  # train.resume=never overwrites last.ckpt instead of writing last-v1.ckpt
+    )
+    throughput = ThroughputStats()
+    logger = build_logger(ctx)
+    accumulate = gradient_accumulation(cfg.train, world_size)
+    trainer = build_trainer(cfg, ctx, model, accumulate=accumulate, callbacks=[checkpoints, throughput], logger=logger)
+    if trainer.world_size != world_size:
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: expected {world_size} processes, Lightning started {trainer.world_size}")
+
+    hparams = {
+        "tuning": cfg.tuning.method,
+        "lr": lr,
+        "lr_scheduler": cfg.train.lr_scheduler,
+        "warmup_ratio": cfg.train.warmup_ratio,
+        "weight_decay": cfg.train.weight_decay,
+        "epochs": cfg.train.epochs,
+        "max_steps": cfg.train.max_steps,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "gradient_accumulation": accumulate,
+        "world_size": world_size,
+        "effective_batch_size": cfg.train.effective_batch_size,
+        "max_length": cfg.train.max_length,
+        "group_by_length": cfg.train.group_by_length,
+        "packing": cfg.train.packing,
+        "precision": cfg.trainer.precision,
+        "seed": cfg.train.seed,
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+    if cfg.tuning.method != "full":
+        hparams.update(lora_r=cfg.tuning.lora_r, lora_alpha=cfg.tuning.lora_alpha, lora_dropout=cfg.tuning.lora_dropout)
+    if logger:
+        logger.log_hyperparams({"train_derived": hparams})
+
+    # 5. Fit (resuming if asked and possible).
+    resume_from = checkpoint_to_resume(cfg.train, checkpoint_dir)
+    if resume_from:
+        log.info("train: resuming from %s", resume_from)
+    trainer.fit(module, ckpt_path=resume_from)
+    if trainer.interrupted:  # Ctrl-C: Lightning stops cleanly; keep the checkpoint, write no model
+        raise KeyboardInterrupt
+
+    # 6. Outputs: a checkpoint at the final step, the model dir, stats.json. ModelCheckpoint saves
+    # every N steps, and at the end only if it saved nothing during this fit.
+    if trainer.global_step % cfg.train.save_every_n_steps:
+        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
+    final_loss = trainer.callback_metrics.get("train/loss")
+    stats = {
+        "examples": data_stats.examples,
+        "truncated": data_stats.truncated,
+        "dropped": data_stats.dropped,
+        "tokens_in_data": data_stats.tokens,
+        "steps": trainer.global_step,
+        "tokens": throughput.tokens,
+        "tokens_per_s": round(throughput.tokens_per_s, 1),
+        "final_loss": round(float(final_loss), 4) if final_loss is not None else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(throughput.wall_s, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "resumed_from": resume_from,
+    }
+    state_dict = full_state_dict(trainer, model)
+    if trainer.is_global_zero:
+        base = str(models.resolve_model_path(cfg.model, cfg.cache_dir))
+        merge = cfg.tuning.merge_adapter and cfg.tuning.method != "full"
+        card = model_card(cfg, base=base, data_path=data_path, stats=stats, hparams=hparams, merged=merge)
+        models.save_model_dir(model, tokenizer, ctx.dir / "model", card=card, state_dict=state_dict)
+        if merge:
+            merged_card = card.replace("library_name: peft", "library_name: transformers")
+            models.save_merged_model(ctx.dir / "model", ctx.dir / "model_merged", card=merged_card)
+        write_json_atomic(ctx.dir / "stats.json", stats)
+        ctx.tracker.summary({f"train/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+    trainer.strategy.barrier()
+
+    return {
+        "examples": stats["examples"],
+        "truncated": stats["truncated"],
+        "steps": stats["steps"],
+        "final_loss": stats["final_loss"],
+        "tokens_per_s": stats["tokens_per_s"],
+        "model": str(ctx.dir / "model"),
+    }

@@ -1,0 +1,151 @@
+"""A small OpenAI-compatible chat server on 127.0.0.1 for tests.
+
+It speaks the real wire protocol (the real ``openai`` client talks to it over HTTP) and answers
+deterministically: a request with a JSON-schema ``response_format`` gets a batch of well-formed
+tasks (numbered so batches never repeat), any other request gets an answer that echoes the task.
+Tests can make it fail the first N requests with a status code, slow down each answer, demand an
+API key, and inspect what it received. Bounded: it serves until the fixture shuts it down.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+TYPES = ["Open Q&A", "Text Generation", "Chat", "Rewrite", "Summarization", "Classification",
+         "USMLE-style Q&A", "Multiple-choice Q&A", "Single-hop Reasoning", "Multi-hop Reasoning"]
+VIEWS = ["Medical Student", "Patient", "Clinician", "Nurse", "Pharmacist", "Researcher"]
+TOPICS = ["cardiology", "nephrology", "oncology", "dermatology", "pediatrics", "neurology",
+          "endocrinology", "pharmacology", "infectious disease", "hematology", "psychiatry", "genetics"]
+WORDS = ("aspirin warfarin insulin sepsis asthma anemia gout lupus migraine stroke angina eczema "
+         "psoriasis hepatitis cirrhosis pancreatitis appendicitis glaucoma cataract otitis tinnitus").split()
+
+
+@dataclass
+class ServerState:
+    fail_first: int = 0
+    fail_status: int = 500
+    delay_s: float = 0.0
+    required_key: Optional[str] = None
+    bad_json_every: int = 0  # every Nth task batch is cut off mid-JSON (a truncated response)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    auth_headers: list[str] = field(default_factory=list)
+    served: int = 0
+    counter: itertools.count = field(default_factory=itertools.count)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _task(n: int) -> dict[str, Any]:
+    # Distinct words per n keep tasks far apart under ROUGE-L.
+    a, b, c = WORDS[n % len(WORDS)], WORDS[(n * 7 + 3) % len(WORDS)], TOPICS[n % len(TOPICS)]
+    return {
+        "type": TYPES[n % len(TYPES)],
+        "topic": c,
+        "view": VIEWS[n % len(VIEWS)],
+        "difficulty": n % 5 + 1,
+        "instruction": f"Task {n}: explain how {a} relates to {b} in {c} case number {n}.",
+        "input": "<noinput>" if n % 2 else f"A patient, case {n}, presents with {a} and {b}.",
+    }
+
+
+def _batch(state: ServerState, n_tasks: int) -> str:
+    with state.lock:
+        start = next(state.counter) * n_tasks
+        batch_no = start // max(n_tasks, 1)
+    text = json.dumps({"tasks": [_task(start + k) for k in range(n_tasks)]})
+    if state.bad_json_every and (batch_no + 1) % state.bad_json_every == 0:
+        text = text[: len(text) // 2]
+    return text
+
+
+def _n_tasks(body: dict[str, Any]) -> Optional[int]:
+    fmt = body.get("response_format") or {}
+    schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
+    if not schema:
+        return None
+    return schema["properties"]["tasks"]["minItems"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: ServerState
+
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        self.state.auth_headers.append(header)
+        if self.state.required_key and header != f"Bearer {self.state.required_key}":
+            self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models") and self._authorized():
+            self._send(200, {"object": "list", "data": [{"id": "test-teacher", "object": "model"}]})
+        elif not self.path.rstrip("/").endswith("/models"):
+            self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self._authorized():
+            return
+        state = self.state
+        with state.lock:
+            state.requests.append(body)
+            failing = len(state.requests) <= state.fail_first
+        if failing:
+            self._send(state.fail_status, {"error": {"message": "injected failure", "type": "server_error"}})
+            return
+        if state.delay_s:
+            time.sleep(state.delay_s)
+        n_tasks = _n_tasks(body)
+        if n_tasks is not None:
+            text = _batch(state, n_tasks)
+        else:
+            prompt = body["messages"][-1]["content"]
+            text = f"Answer: {prompt.splitlines()[0][:120]} The key points are assessment, diagnosis and management."
+        with state.lock:
+            state.served += 1
+        self._send(200, {
+            "id": f"chatcmpl-{len(state.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "test-teacher"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": max(1, len(text) // 4), "total_tokens": 100 + len(text) // 4},
+        })
+
+
+class OpenAITestServer:
+    def __init__(self, **state: Any):
+        self.state = ServerState(**state)
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> "OpenAITestServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

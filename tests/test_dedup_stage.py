@@ -1,0 +1,127 @@
+"""The dedup stage through the real CLI: outputs, sweeps, and bad input failing cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECORDS = [
+    {"id": 0, "instruction": "Explain what multiple sclerosis is and its pathophysiology.", "input": "<noinput>",
+     "type": "Open Q&A", "topic": "Neurology", "view": "Student", "difficulty": 1},
+    {"id": 1, "instruction": "Explain what multiple sclerosis is, and its pathophysiology!", "input": "<noinput>",
+     "type": "Open Q&A", "topic": "Neurology", "view": "Student", "difficulty": 1},
+    {"id": 2, "instruction": "List the common side effects of beta blockers in elderly patients.", "input": "",
+     "type": "Text Generation", "topic": "Pharmacology", "view": "Clinician", "difficulty": 2},
+    {"id": 3, "instruction": "List common side effects of beta blockers in patients.", "input": "",
+     "type": "Text Generation", "topic": "Pharmacology", "view": "Clinician", "difficulty": 2},
+    {"id": 4, "instruction": "Summarize the patient's discharge note for a family member.", "input": "Note: ...",
+     "type": "Summarization", "topic": "General", "view": "Caregiver", "difficulty": 3},
+    {"id": 5, "instruction": "Which electrolyte abnormality causes peaked T waves on an ECG?", "input": "",
+     "type": "Open Q&A", "topic": "Cardiology", "view": "Student", "difficulty": 2},
+    {"id": 6, "instruction": "Which electrolyte abnormality causes peaked T waves on the ECG", "input": "",
+     "type": "Open Q&A", "topic": "Cardiology", "view": "Student", "difficulty": 2},
+    {"id": 7, "instruction": "Rewrite this consent form in plain language for a patient.", "input": "Form ...",
+     "type": "Rewrite", "topic": "Ethics", "view": "Patient", "difficulty": 2},
+    # ROUGE-L 0.625 with id 0: dropped at threshold 0.5, kept at 0.7.
+    {"id": 8, "instruction": "Explain what myasthenia gravis is and its treatment.", "input": "<noinput>",
+     "type": "Open Q&A", "topic": "Neurology", "view": "Student", "difficulty": 1},
+]
+
+
+def cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "ALPACARE_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "alpacare", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def test_single_run_writes_all_outputs(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    run_dir = tmp_path / "run"
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = run_dir / "dedup"
+    kept, dropped = read_jsonl(out / "kept.jsonl"), read_jsonl(out / "dropped.jsonl")
+    stats = json.loads((out / "stats.json").read_text("utf-8"))
+    assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert len(kept) + len(dropped) == stats["total"] == len(RECORDS)
+    assert stats["kept"] == len(kept) and stats["dropped"] == len(dropped)
+    assert stats["kept_ratio"] == pytest.approx(len(kept) / len(RECORDS))
+    assert (stats["threshold"], stats["mode"], stats["against_seeds"]) == (0.7, "greedy", True)
+    assert stats["seeds"] > 0 and stats["seconds"] >= 0
+    assert sum(stats["histogram"]["counts"]) == len(RECORDS) and len(stats["histogram"]["counts"]) == 20
+    # Kept records pass through unchanged and in order; the first of each near-duplicate pair stays.
+    assert kept == [r for r in RECORDS if r["id"] in {r["id"] for r in kept}]
+    assert {r["id"] for r in dropped} >= {1, 6}
+    for r in dropped:
+        assert r["rouge_l"] > 0.7 and isinstance(r["nearest_instruction"], str)
+        assert {k: r[k] for k in RECORDS[0]} == next(x for x in RECORDS if x["id"] == r["id"])
+    # Nothing left behind by the atomic writes.
+    assert sorted(p.name for p in out.iterdir()) == ["dropped.jsonl", "kept.jsonl", "similarity.png", "stats.json"]
+
+
+def test_pairwise_mode_without_seeds_drops_both_members(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    run_dir = tmp_path / "run"
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", "dedup.mode=pairwise", "dedup.against_seeds=false",
+                "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dropped = {r["id"] for r in read_jsonl(run_dir / "dedup" / "dropped.jsonl")}
+    assert {0, 1, 5, 6} <= dropped
+    stats = json.loads((run_dir / "dedup" / "stats.json").read_text("utf-8"))
+    assert (stats["mode"], stats["against_seeds"], stats["seeds"]) == ("pairwise", False, 0)
+
+
+def test_multirun_sweep_gives_one_dir_per_threshold(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    sweep = tmp_path / "sweep"
+    proc = cli(["-m", "stages=[dedup]", f"dedup.input={data}", "dedup.threshold=0.5,0.7", "logger=none",
+                f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stats = [json.loads(p.read_text("utf-8")) for p in sorted(sweep.glob("*/dedup/stats.json"))]
+    assert [s["threshold"] for s in stats] == [0.5, 0.7]
+    assert stats[0]["kept"] < stats[1]["kept"]
+
+
+BAD_INPUTS = {
+    "empty": (b"", "in.jsonl"),
+    "missing_instruction": (b'{"instruction": "ok"}\n\n{"input": "no instruction"}\n', "in.jsonl:3"),
+    "blank_instruction": (b'{"instruction": "   "}\n', "in.jsonl:1"),
+    "non_utf8": (b'{"instruction": "caf\xe9"}\n', "in.jsonl:1"),
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_INPUTS, "threshold_out_of_range"])
+def test_bad_input_fails_with_one_line(tmp_path, case):
+    content, named = BAD_INPUTS.get(case, (json.dumps(RECORDS[0]).encode() + b"\n", "dedup.threshold"))
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(content)
+    run_dir = tmp_path / "run"
+    extra = ["dedup.threshold=1.5"] if case == "threshold_out_of_range" else []
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", "logger=none", f"hydra.run.dir={run_dir}", *extra],
+               tmp_path)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert named in lines[0]
+    assert not (run_dir / "dedup" / "kept.jsonl").exists()
+    assert not (run_dir / "dedup" / "stats.json").exists()

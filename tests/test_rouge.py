@@ -1,0 +1,271 @@
+"""alpacare.rouge equals rouge_score: tokens, scores (bit for bit) and the filters' kept sets.
+
+The reference filters are the straightforward loops in benchmarks/bench_dedup.py, which score
+pair by pair with rouge_score itself. Strategies draw words from a small vocabulary (with
+case, punctuation and unicode variants) so that near-duplicates and exact ties are frequent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from rouge_score import rouge_scorer
+
+from alpacare import rouge
+from alpacare.rouge import greedy_filter, pairwise_filter, rouge_l, tokenize
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_dedup import _near_duplicate, data_dir, reference_greedy, reference_pairwise  # noqa: E402
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reference_score(a: str, b: str) -> float:
+    return SCORER.score(a, b)["rougeL"].fmeasure
+
+
+# --------------------------------------------------------------------------- strategies
+
+# Characters that stress lowercasing and the [a-z0-9] rule: accents, the Kelvin sign and
+# dotted capital I (their lowercase contains ASCII letters), ligatures, full-width digits,
+# unusual whitespace and punctuation.
+TRICKY_CHARS = "aAzZ09 \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000.,;:!?'\"-_/()[]{}#@éÉßøİıKﬁ１２ΣσςЖ中文🙂\u0301"
+WORDS = ["the", "The", "THE", "a", "patient", "patients", "heart", "pain", "fever", "Fever!", "x1", "2", "é",
+         "ß", "...", "-", "blood-pressure", "don't", "İ"]
+
+tricky_text = st.text(alphabet=st.sampled_from(list(TRICKY_CHARS)), max_size=60)
+any_text = st.one_of(st.text(max_size=80), tricky_text)
+sentence = st.lists(st.sampled_from(WORDS), max_size=14).map(" ".join)
+long_sentence = st.lists(st.sampled_from(WORDS[:6]), min_size=60, max_size=300).map(" ".join)
+
+
+@st.composite
+def mutated(draw, base: str) -> str:
+    """A near-duplicate of ``base``: a few word drops, swaps, insertions, case/punctuation changes."""
+    words = base.split()
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["drop", "swap", "insert", "upper", "punct"]))
+        if not words:
+            words = [draw(st.sampled_from(WORDS))]
+            continue
+        k = draw(st.integers(0, len(words) - 1))
+        if op == "drop":
+            del words[k]
+        elif op == "swap" and len(words) > 1:
+            j = min(k + 1, len(words) - 1)
+            words[k], words[j] = words[j], words[k]
+        elif op == "insert":
+            words.insert(k, draw(st.sampled_from(WORDS)))
+        elif op == "upper":
+            words[k] = words[k].upper()
+        else:
+            words[k] += draw(st.sampled_from([".", "?", "!!", ",", " -"]))
+    return " ".join(words)
+
+
+@st.composite
+def instruction_lists(draw, max_size: int = 24, text=sentence) -> list[str]:
+    """Lists where most items are exact or near copies of earlier ones."""
+    items: list[str] = []
+    for _ in range(draw(st.integers(0, max_size))):
+        if items and draw(st.integers(0, 3)) > 0:
+            items.append(draw(mutated(draw(st.sampled_from(items)))))
+        else:
+            items.append(draw(st.one_of(text, st.sampled_from(["", "!!!", "  ", "é ß"]))))
+    return items
+
+
+@st.composite
+def boundary_thresholds(draw) -> float:
+    """0, 1, arbitrary floats, and scores that actually occur (2L/(m+n) as rouge computes it)."""
+    kind = draw(st.integers(0, 3))
+    if kind == 0:
+        return draw(st.sampled_from([0.0, 1.0, 0.5, 0.7]))
+    if kind == 1:
+        return draw(st.floats(0.0, 1.0))
+    m = draw(st.integers(1, 15))
+    n = draw(st.integers(1, 15))
+    lcs = draw(st.integers(1, min(m, n)))
+    return rouge._fmeasure(lcs, m, n)
+
+
+# --------------------------------------------------------------------------- tokens and scores
+
+
+@FAST
+@given(any_text)
+def test_tokenize_matches_rouge_score(text):
+    assert tokenize(text) == SCORER._tokenizer.tokenize(text)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "!!!", "İstanbul", "K", "ﬁne", "１２３ 123", "a\u0301b", "x" * 5000,
+                                  "\x1c\x1dword\x1e\x1f", "dont't-stop_now", "ΣΑΣ σας"])
+def test_tokenize_adversarial(text):
+    assert tokenize(text) == SCORER._tokenizer.tokenize(text)
+
+
+@FAST
+@given(st.one_of(sentence, any_text), st.one_of(sentence, any_text))
+def test_rouge_l_matches_rouge_score(a, b):
+    assert rouge_l(a, b) == reference_score(a, b)
+    assert rouge_l(b, a) == reference_score(a, b)  # symmetric, bit for bit
+
+
+@settings(max_examples=30, deadline=None)
+@given(long_sentence, long_sentence)
+def test_rouge_l_long_texts(a, b):
+    assert rouge_l(a, b) == reference_score(a, b)
+
+
+def test_fmeasure_compiled_matches_python_bit_for_bit():
+    # The filters decide with the numba copy of the F-measure; every (lcs, m, n) up to 120 tokens.
+    for m in range(1, 121):
+        for n in range(1, 121):
+            for lcs in range(0, min(m, n) + 1):
+                assert rouge._fmeasure_nb(lcs, m, n) == rouge._fmeasure(lcs, m, n), (lcs, m, n)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=200), st.lists(st.integers(0, 5), max_size=200))
+def test_bitparallel_lcs_matches_dp(a, b):
+    """Hyyro's bit-parallel LCS (one and several 64-bit words) against the plain DP table."""
+    a = np.asarray(a, dtype=np.int32)
+    b = np.asarray(b, dtype=np.int32)
+    m = len(a)
+    assume(m > 0)
+    n_words = (m + 63) // 64
+    slot = np.full(6, -1, dtype=np.int32)
+    pm = np.zeros(6 * n_words, dtype=np.uint64)
+    n_slots = 0
+    for i, t in enumerate(a):
+        if slot[t] < 0:
+            slot[t] = n_slots
+            n_slots += 1
+        pm[slot[t] * n_words + i // 64] |= np.uint64(1) << np.uint64(i % 64)
+    vbuf = np.zeros(n_words, dtype=np.uint64)
+    got = rouge._lcs_bitparallel(pm, slot, m, n_words, vbuf, b, 0, len(b))
+    assert got == rouge._lcs_dp(a, b)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _check_result(result, instructions, seeds, ref_maxima):
+    assert list(result.max_similarity) == ref_maxima
+    for i in range(len(instructions)):
+        text = result.nearest_text(i)
+        if text is None:
+            assert ref_maxima[i] == 0.0
+        else:
+            assert rouge_l(instructions[i], text) == ref_maxima[i]
+
+
+@FAST
+@given(instruction_lists(), boundary_thresholds(), st.lists(sentence, max_size=5))
+def test_greedy_matches_reference(instructions, threshold, seeds):
+    result = greedy_filter(instructions, threshold, seeds)
+    kept, maxima = reference_greedy(instructions, threshold, seeds)
+    assert result.kept == kept
+    _check_result(result, instructions, seeds, maxima)
+    for i in result.dropped:  # the neighbour that knocked it out was kept (or is a seed)
+        assert result.nearest_seed[i] >= 0 or result.nearest_index[i] in kept
+
+
+@FAST
+@given(instruction_lists(), boundary_thresholds(), st.lists(sentence, max_size=5))
+def test_pairwise_matches_reference(instructions, threshold, seeds):
+    result = pairwise_filter(instructions, threshold, seeds)
+    kept, maxima = reference_pairwise(instructions, threshold, seeds)
+    assert result.kept == kept
+    _check_result(result, instructions, seeds, maxima)
+
+
+@settings(max_examples=25, deadline=None)
+@given(instruction_lists(max_size=8, text=long_sentence), st.sampled_from([0.3, 0.7, 0.9]))
+def test_filters_on_long_texts(instructions, threshold):
+    """Instructions longer than 64 and 128 tokens use the multi-word LCS kernel."""
+    assert greedy_filter(instructions, threshold).kept == reference_greedy(instructions, threshold)[0]
+    assert pairwise_filter(instructions, threshold).kept == reference_pairwise(instructions, threshold)[0]
+
+
+def test_exact_boundary_is_kept():
+    # "a b" vs "a c": LCS 1 of 2 and 2 -> F = 0.5 exactly; only strictly above drops.
+    assert greedy_filter(["a b", "a c"], 0.5).kept == [0, 1]
+    assert greedy_filter(["a b", "a c"], 0.49).kept == [0]
+    assert pairwise_filter(["a b", "a c"], 0.49).kept == []
+
+
+def test_semantics_differ_as_documented():
+    items = ["Explain the heart", "explain the heart!", "EXPLAIN THE HEART?"]
+    assert greedy_filter(items, 0.7).kept == [0]  # the first of a group survives
+    assert pairwise_filter(items, 0.7).kept == []  # every member of a group goes
+    greedy = greedy_filter(items, 0.7, seeds=["explain the heart"])
+    assert greedy.kept == [] and list(greedy.nearest_seed) == [0, 0, 0]
+
+
+def test_empty_and_degenerate_inputs():
+    assert greedy_filter([], 0.7).kept == []
+    assert pairwise_filter([], 0.7, seeds=["a"]).kept == []
+    r = greedy_filter(["", "!!!", "a"], 0.0)
+    assert r.kept == [0, 1, 2] and list(r.max_similarity) == [0.0, 0.0, 0.0]
+    assert r.nearest_text(2) is None
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_threshold_out_of_range(bad):
+    with pytest.raises(ValueError, match="threshold"):
+        greedy_filter(["a"], bad)
+
+
+# --------------------------------------------------------------------------- real instructions
+
+
+@pytest.fixture(scope="module")
+def real_data():
+    root = data_dir()
+    if root is None:
+        pytest.skip("AlpaCare data not found (set ALPACARE_DATA_DIR or provide ../shared/alpacare-data)")
+    seeds = [r["instruction"] for r in json.loads((root / "med_seed.json").read_text("utf-8"))]
+    with open(root / "MedInstruct-test.jsonl", encoding="utf-8") as f:
+        test = [json.loads(line)["instruction"] for line in f if line.strip()]
+    return seeds, test
+
+
+def _real_items(seeds, test):
+    """MedInstruct-test and seed instructions mixed with near-duplicates of them, shuffled."""
+    rng = random.Random(7)
+    vocab = sorted({w for t in seeds + test for w in t.split()})
+    sample = test[:60] + seeds[:20]
+    items = sample + [_near_duplicate(rng.choice(sample), rng, vocab) for _ in range(60)]
+    rng.shuffle(items)
+    return items, seeds[20:60]
+
+
+def test_real_instructions_greedy(real_data):
+    items, seeds = _real_items(*real_data)
+    for threshold in (0.5, 0.7):
+        result = greedy_filter(items, threshold, seeds)
+        kept, maxima = reference_greedy(items, threshold, seeds)
+        assert result.kept == kept
+        assert list(result.max_similarity) == maxima
+        assert 0 < len(kept) < len(items)
+
+
+def test_real_instructions_pairwise(real_data):
+    items, seeds = _real_items(*real_data)
+    kept, maxima = reference_pairwise(items, 0.7, seeds)
+    for threshold in (0.5, 0.7):
+        result = pairwise_filter(items, threshold, seeds)
+        # The pairwise maxima do not depend on the threshold, so one reference run serves both.
+        assert result.kept == [i for i, m in enumerate(maxima) if not m > threshold]
+        assert list(result.max_similarity) == maxima
+    assert result.kept == kept and 0 < len(kept) < len(items)
