@@ -48,6 +48,8 @@ def _run_names() -> tuple[Path, str, str]:
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request drowns the progress bars
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir, group, run_name = _run_names()
     stages = sorted(set(cfg.stages), key=STAGE_ORDER.index)
     resources = Resources(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,11 +65,12 @@ def _batch(state: ServerState, n_tasks: int) -> str:
 
 
 def _n_tasks(body: dict[str, Any]) -> Optional[int]:
+    """How many tasks a structured request asks for (None for an answer request)."""
     fmt = body.get("response_format") or {}
-    schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
-    if not schema:
+    if not (fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")):
         return None
-    return schema["properties"]["tasks"]["minItems"]
+    asked = re.search(r"write (\d+) new", body["messages"][-1]["content"])
+    return int(asked.group(1)) if asked else 1
 
 
 class _Handler(BaseHTTPRequestHandler):

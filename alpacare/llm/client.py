@@ -216,7 +216,8 @@ class TeacherClient:
         worst = self.ledger.cost_of(prompt_chars * _TOKENS_PER_CHAR_UPPER + 16, request.max_tokens)
         if self.max_cost_usd is not None and self.ledger.cost_usd + self._reserved_usd + worst > self.max_cost_usd:
             raise SpendCapReached(
-                f"teacher.max_cost_usd={self.max_cost_usd}: spent ${self.ledger.cost_usd:.4f}; the next request "
+                f"teacher.max_cost_usd={self.max_cost_usd}: spent ${self.ledger.cost_usd:.4f} "
+                f"(+${self._reserved_usd:.4f} worst case in flight); the next request "
                 f"could cost up to ${worst:.4f}, so the run stops here (work so far is saved; raise the cap and rerun to continue)"
             )
         self._reserved_usd += worst

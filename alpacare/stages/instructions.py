@@ -48,7 +48,8 @@ def _request(i: int, examples: list[dict], ctx: StageContext) -> Request:
         top_p=cfg.top_p,
         presence_penalty=cfg.presence_penalty,
         max_tokens=cfg.max_tokens,
-        response_format=teacher.json_response_format(task_batch_schema(cfg.tasks_per_request), "task_batch"),
+        response_format=teacher.json_response_format(
+            task_batch_schema(cfg.tasks_per_request, bounded=teacher.schema_style == "llama_cpp"), "task_batch"),
         nonce=f"instructions:{cfg.seed}:{i}",
     )
 

