@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_cli
+
 
 RECORDS = [
     {"id": 0, "instruction": "Explain what multiple sclerosis is and its pathophysiology.", "input": "<noinput>",
@@ -36,11 +35,7 @@ RECORDS = [
 
 
 def cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "ALPACARE_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "alpacare", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=300)
+    return run_cli(args, tmp_path, timeout=300)
 
 
 def write_jsonl(path: Path, records) -> Path:
