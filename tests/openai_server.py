@@ -64,6 +64,13 @@ def _batch(state: ServerState, n_tasks: int) -> str:
     return text
 
 
+def _free_text_batch(state: ServerState, n_tasks: int) -> str:
+    """The paper's format: numbered ``Field: value`` blocks separated by ###."""
+    tasks = json.loads(_batch(state, n_tasks))["tasks"]
+    return "\n###\n".join(
+        "\n".join(f"{i + 1}. {k.capitalize()}: {v}" for k, v in t.items()) for i, t in enumerate(tasks))
+
+
 def _n_tasks(body: dict[str, Any]) -> Optional[int]:
     """How many tasks a structured request asks for (None for an answer request)."""
     fmt = body.get("response_format") or {}
@@ -115,8 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
         if state.delay_s:
             time.sleep(state.delay_s)
         n_tasks = _n_tasks(body)
+        free_text = re.search(r"write (\d+) new, different tasks in exactly this format", body["messages"][-1]["content"])
         if n_tasks is not None:
             text = _batch(state, n_tasks)
+        elif free_text:
+            text = _free_text_batch(state, int(free_text.group(1)))
         else:
             prompt = body["messages"][-1]["content"]
             text = f"Answer: {prompt.splitlines()[0][:120]} The key points are assessment, diagnosis and management."
