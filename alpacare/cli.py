@@ -37,12 +37,13 @@ def _run_names() -> tuple[Path, str, str]:
     """This job's output dir, the W&B group (the sweep, or the run itself) and the run's name."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    # Default dirs end in DATE/TIME; both parts make the group unique across days.
     if hc.mode == RunMode.MULTIRUN:
-        group = Path(hc.sweep.dir).name
+        sweep = Path(hc.sweep.dir)
+        group = f"{sweep.parent.name}_{sweep.name}"
         name = f"{group}-{hc.job.num}"
     else:
-        group = run_dir.name
-        name = run_dir.name
+        group = name = f"{run_dir.parent.name}_{run_dir.name}"
     return run_dir, group, name
 
 
