@@ -37,6 +37,10 @@ class TeacherConfig:
     # Context window of the local server. SmolLM2 is trained to 8192; 4096 fits the instruction
     # prompt (~800 tokens) plus a batch of 12 tasks with room to spare.
     local_n_ctx: int = 4096
+    # llama.cpp's repacked / AMX weight buffers (its --no-repack when false). Off: a VM that reports
+    # AMX but traps on it (the Firecracker test machine) dies with SIGILL on the first token; the
+    # plain AVX2/AVX-512 kernels still decode SmolLM2-135M at ~70-100 tokens/s there (measured).
+    local_extra_buffer_types: bool = False
     # Name of the environment variable that holds the API key (never the key itself).
     # None = the endpoint needs no key (local servers).
     api_key_env: Optional[str] = None

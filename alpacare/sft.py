@@ -7,8 +7,8 @@
    counted; one whose prompt alone fills ``max_length`` has nothing to learn and is dropped.
 3. ``ResumableBatchSampler``: which examples form each micro-batch. Shuffled per epoch from the
    seed; optionally grouped by length (little padding) or packed (no padding); sharded over ranks;
-   and able to start mid-epoch, which is what makes ``train.resume`` continue at the same data
-   position.
+   and stateful: ``ResumableDataLoader`` exposes its position as ``state_dict``, which Lightning
+   saves in every checkpoint and restores on resume, so a resumed run continues at the same batch.
 4. ``collate_rows``: tensors for the model. A sampler "row" is one example (padded batch) or
    several examples packed into one sequence. Packed rows get position ids that restart at 0 for
    each example and no attention mask: transformers then builds a block-diagonal causal mask from
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from alpacare.data.jsonl import read_records
 from alpacare.errors import DataError
@@ -170,6 +170,7 @@ class ResumableBatchSampler(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.batches_done = 0  # micro-batches of this epoch handed out so far
         self._resume: Optional[tuple[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -179,6 +180,12 @@ class ResumableBatchSampler(Sampler):
     def resume_at(self, epoch: int, batches_done: int) -> None:
         """Skip the first ``batches_done`` micro-batches of ``epoch`` (already trained on)."""
         self._resume = (epoch, batches_done)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at(state["epoch"], state["batches_done"])
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
@@ -207,10 +214,27 @@ class ResumableBatchSampler(Sampler):
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             skip = self._resume[1]
-            self._resume = None
+        self._resume = None
+        self.batches_done = skip
         for batch in self.global_batches()[skip:]:
             mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            self.batches_done += 1
             yield [self.rows[r] for r in mine]
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning treats as resumable: it saves ``state_dict()`` (the sampler's
+    epoch and batches handed out) in each checkpoint and calls ``load_state_dict`` on resume.
+
+    The count is exact because nothing reads ahead: no worker processes, and Lightning does not
+    prefetch from loaders with a length.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 class ExampleRows(Dataset):

@@ -299,7 +299,9 @@ def open_teacher(cfg: Any, cache_dir: Path) -> Iterator[TeacherClient]:
         if cfg.launch_local:
             from alpacare.llm.server import local_server
 
-            base_url = stack.enter_context(local_server(cfg.gguf, model_alias=cfg.model, n_ctx=cfg.local_n_ctx))
+            base_url = stack.enter_context(local_server(
+                cfg.gguf, model_alias=cfg.model, n_ctx=cfg.local_n_ctx, extra_buffer_types=cfg.local_extra_buffer_types
+            ))
         cache = ResponseCache(cache_dir / "teacher_cache.sqlite") if cfg.cache else None
         if cache is not None:
             stack.callback(cache.close)

@@ -28,6 +28,7 @@ from typing import Iterator, Optional
 import httpx
 
 from alpacare.errors import TeacherError
+from alpacare.llm.llama_server import NO_EXTRA_BUFFERS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def local_server(
     model_alias: str = "SmolLM2-135M-Instruct",
     n_ctx: int = 4096,
     n_threads: Optional[int] = None,
+    extra_buffer_types: bool = False,
     startup_timeout_s: float = 120.0,
 ) -> Iterator[str]:
     """Serve ``gguf`` (default: the embedded SmolLM2) on a free loopback port; yield its /v1 URL."""
@@ -88,7 +90,7 @@ def local_server(
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "alpacare.llm.llama_server",
         "--model", str(model_path),
         "--model_alias", model_alias,
         "--host", "127.0.0.1",
@@ -100,8 +102,9 @@ def local_server(
     log_file = tempfile.NamedTemporaryFile(prefix="alpacare-llama-server-", suffix=".log", delete=False)
     log_path = Path(log_file.name)
     log.info("starting local teacher %s on %s", model_path.name, url)
+    env = {**os.environ, NO_EXTRA_BUFFERS_ENV: "0" if extra_buffer_types else "1"}
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
+                            env=env, preexec_fn=_die_with_parent)
     try:
         _wait_until_ready(url, proc, log_path, startup_timeout_s)
         yield url

@@ -16,11 +16,12 @@ The recipe, top to bottom in ``run``:
    each atomically.
 
 Resume: Lightning's checkpoint restores the weights (only the trainable ones for LoRA/QLoRA), the
-optimizer and LR scheduler states, and the loop counters (global step, epoch, batch index).
-Lightning restarts the dataloader at the start of the epoch, though, so the checkpoint also
-records how many micro-batches of the epoch were consumed and the torch RNG state (dropout); the
-sampler skips those batches on resume. A run killed with kill -9 and resumed therefore sees the
-same batches, in the same order, with the same schedule, and ends at the same optimizer step.
+optimizer and LR scheduler states, the loop counters (global step, epoch, batch index), and the
+position of the dataloader, which is resumable (``ResumableDataLoader.state_dict``: epoch and
+micro-batches handed out; the sampler skips those on resume). The stage adds the torch RNG state
+(LoRA dropout) and a fingerprint of the data. A run killed with kill -9 and resumed therefore sees
+the same batches, in the same order, with the same schedule and dropout masks, and ends at the
+same optimizer step with the same loss.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from alpacare.errors import ConfigError
 from alpacare.sft import (
     ExampleRows,
     ResumableBatchSampler,
+    ResumableDataLoader,
     collate_rows,
     data_fingerprint,
     load_alpaca_records,
@@ -78,9 +80,7 @@ class InstructionTuner(L.LightningModule):
         self.fingerprint = fingerprint
         # LoRA/QLoRA checkpoints keep only the trainable weights; the frozen base comes from model.path.
         self.strict_loading = False
-        self.sampler: Optional[ResumableBatchSampler] = None
-        self._data_position = (0, 0)  # (epoch, micro-batches of it trained on): saved in checkpoints
-        self._restored: Optional[dict[str, Any]] = None
+        self._restored_rng: Optional[dict[str, Any]] = None
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -97,10 +97,9 @@ class InstructionTuner(L.LightningModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        self.sampler = self.make_sampler()
-        return DataLoader(
+        return ResumableDataLoader(
             ExampleRows(self.examples),
-            batch_sampler=self.sampler,
+            batch_sampler=self.make_sampler(),
             collate_fn=partial(collate_rows, pad_token_id=self.pad_token_id),
             # Tokenized up front and collation is cheap: workers would only add start-up time.
             num_workers=0,
@@ -118,8 +117,6 @@ class InstructionTuner(L.LightningModule):
             position_ids=batch.get("position_ids"),
             use_cache=False,  # with a KV cache, transformers would ignore packed position ids
         )
-        # batch_idx counts micro-batches within the epoch and continues across a resume.
-        self._data_position = (self.current_epoch, batch_idx + 1)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["num_examples"])
         return out.loss
 
@@ -164,7 +161,6 @@ class InstructionTuner(L.LightningModule):
             trainable = {name for name, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["alpacare"] = {
-            "data_position": self._data_position,
             "data_fingerprint": self.fingerprint,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -184,18 +180,15 @@ class InstructionTuner(L.LightningModule):
                 "train.resume: the checkpoint was trained on other data or max_length; "
                 "set train.resume=never to start over"
             )
-        self._restored = saved
+        self._restored_rng = saved
 
     def on_train_start(self) -> None:
         # Applied here, after Lightning has restored everything and right before the first batch.
-        if self._restored is not None:
-            epoch, batches_done = self._restored["data_position"]
-            self.sampler.resume_at(epoch, batches_done)
-            self._data_position = (epoch, batches_done)
-            torch.set_rng_state(self._restored["torch_rng"])
-            if self._restored["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._restored["cuda_rng"])
-            self._restored = None
+        if self._restored_rng is not None:
+            torch.set_rng_state(self._restored_rng["torch_rng"])
+            if self._restored_rng["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._restored_rng["cuda_rng"])
+            self._restored_rng = None
 
 
 class ThroughputStats(L.Callback):
