@@ -24,9 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from alpacare.config import STAGE_ORDER, register_configs, validate
 from alpacare.errors import AlpacareError
 from alpacare.stages import Resources, StageContext
-from alpacare.tracking import Tracker
+from alpacare.tracking import Tracker, process_rank
 
 log = logging.getLogger("alpacare")
+
+# Stages that every rank of a distributed run takes part in; the others run on rank 0 only.
+DISTRIBUTED_STAGES = ("train",)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -53,6 +56,10 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir, group, run_name = _run_names()
     stages = sorted(set(cfg.stages), key=STAGE_ORDER.index)
+    if process_rank() != 0:
+        # A distributed launch (Lightning's launcher, torchrun, SLURM) starts this app once per
+        # rank: only rank 0 talks to the teacher and writes data; every rank trains.
+        stages = [s for s in stages if s in DISTRIBUTED_STAGES]
     resources = Resources(cfg)
     summaries: dict[str, Any] = {}
     try:
@@ -74,7 +81,8 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             log.info("stage %s: done in %.1fs", stage, summary["seconds"])
     finally:
         resources.close()
-    _print_summary(run_dir, summaries)
+    if process_rank() == 0:
+        _print_summary(run_dir, summaries)
     return summaries
 
 

@@ -224,6 +224,14 @@ def load_model(
         raise ConfigError(f"model.path={model_cfg.path}: cannot load the model ({_first_line(e)})") from None
 
     if tokenizer is not None:
+        if tuning_cfg.method != "full" and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # The adapter would have to carry resized embeddings that the unchanged base cannot
+            # load (AutoModelForCausalLM.from_pretrained(adapter) fails on the size mismatch).
+            raise ConfigError(
+                f"model.pad_token={model_cfg.pad_token}: adds a token to the vocabulary, which a "
+                f"{tuning_cfg.method} adapter cannot carry; pick a token the tokenizer has "
+                "(null reuses <unk>) or use tuning=full"
+            )
         match_tokenizer(model, tokenizer)
     if tuning_cfg.method == "qlora" and not fsdp:
         # Norms and embeddings to fp32 for stable training (QLoRA recipe); FSDP needs them in one dtype.

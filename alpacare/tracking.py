@@ -14,8 +14,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)$", re.IGNORECASE)
-# Names of variables that *name* a secret (teacher.api_key_env) are fine to show.
-_SAFE_SUFFIX = ("_env",)
+# Names of variables that *name* a secret (teacher.api_key_env) are fine to show, and so are a
+# tokenizer's special tokens (model.pad_token).
+_SAFE_SUFFIX = ("_env", "pad_token", "eos_token", "bos_token", "unk_token")
 
 
 def redact(obj: Any) -> Any:
@@ -33,13 +34,22 @@ def redact(obj: Any) -> Any:
     return obj
 
 
+def process_rank() -> int:
+    """This process's global rank in a distributed run (0 when alone), from the variables that
+    torchrun, Lightning's launcher and SLURM set; read before any process group exists."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").strip().isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 class Tracker:
     """Logs one stage of one job. A no-op when ``logger.enabled`` is false (``logger=none``)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, stage: str, group: str, run_name: str):
         self.run = None
-        if not cfg.logger.enabled or cfg.logger.mode == "disabled":
-            return
+        if not cfg.logger.enabled or cfg.logger.mode == "disabled" or process_rank() != 0:
+            return  # other ranks of a distributed run report through rank 0
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -65,6 +75,15 @@ class Tracker:
         if self.run is not None:
             for k, v in metrics.items():
                 self.run.summary[k] = v
+
+    def histogram(self, key: str, values, bin_edges) -> None:
+        """A W&B histogram with our bins (the same counts as stats.json), comparable across a sweep."""
+        if self.run is not None:
+            import numpy as np
+            import wandb
+
+            counts, edges = np.histogram(values, bins=bin_edges)
+            self.run.log({key: wandb.Histogram(np_histogram=(counts, edges))})
 
     def image(self, key: str, path: Path) -> None:
         if self.run is not None:

@@ -181,13 +181,22 @@ def run_hf(args, tuning: str) -> StepClock:
     return clock
 
 
+def peak_rss_gb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
+    (which has torch imported) across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB -> GB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # not Linux
+
+
 def run_one(args) -> None:
     """Child process: one config; prints one JSON line."""
     kind, tuning, batching = CONFIGS[args.one]
     clock = run_hf(args, tuning) if kind == "hf" else run_ours(args, tuning, batching)
     print("RESULT " + json.dumps({
         "config": args.one, "tokens_per_s": clock.tokens / clock.seconds, "tokens": clock.tokens,
-        "seconds": clock.seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "seconds": clock.seconds, "peak_rss_gb": peak_rss_gb(),
     }), flush=True)
 
 

@@ -135,6 +135,12 @@ def test_spend_cap_stops_cleanly_and_resumes(tmp_path, openai_server):
     logged = read_jsonl(run_dir / "instructions" / "requests.jsonl")
     assert len(logged) == 1
     assert not (run_dir / "instructions" / "instructions.jsonl").exists()
+    spent = logged[0]["prompt_tokens"] + logged[0]["completion_tokens"]  # USD x 1000 at these prices
+
+    # The cap spans resumes: the same cap again counts what the run dir already paid.
+    proc = run_cli([*args, "teacher.max_cost_usd=5"], tmp_path)
+    line = assert_one_line_error(proc, f"spent ${spent / 1000:.4f}")
+    assert proc.returncode == 3 and openai_server.state.served == 1, line
 
     proc = run_cli([*args, "teacher.max_cost_usd=100"], tmp_path)
     assert proc.returncode == 0, proc.stderr

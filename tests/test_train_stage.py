@@ -94,6 +94,14 @@ def test_lora_writes_an_adapter_that_loads_and_merges(tmp_path, data, cache_dir,
     assert state and all("lora_" in k for k in state)
 
 
+def test_adapter_with_an_added_pad_token_is_refused(tmp_path, data, cache_dir, tiny_model_dir):
+    """A new token means resized embeddings, which an adapter dir cannot bring to the base."""
+    cfg = train_cfg(data, cache_dir, "model.pad_token='[PAD]'", "train.max_steps=1", model_dir=tiny_model_dir)
+    with pytest.raises(ConfigError, match=r"model.pad_token=\[PAD\]: adds a token"):
+        run_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "train" / "model").exists()
+
+
 def test_long_examples_are_reported_in_stats(tmp_path, cache_dir, tiny_model_dir):
     records = RECORDS + [{"instruction": "Explain sepsis.", "input": "", "output": "Sepsis is an emergency. " * 60}]
     cfg = train_cfg(write_records(tmp_path / "d.json", records), cache_dir, "train.max_steps=1",

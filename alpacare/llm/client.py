@@ -52,8 +52,8 @@ class Request:
     response_format: Optional[dict[str, Any]] = None
     nonce: str = ""
 
-    def cache_key(self, teacher_name: str, model: str) -> str:
-        payload = {"teacher": teacher_name, "model": model, **asdict(self)}
+    def cache_key(self, teacher_name: str, model: str, endpoint: str = "") -> str:
+        payload = {"teacher": teacher_name, "model": model, "endpoint": endpoint, **asdict(self)}
         payload.pop("key")
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -138,11 +138,14 @@ class TeacherClient:
         self.name = cfg.name
         self.model = cfg.model
         self.base_url = base_url
+        self.endpoint = endpoint_identity(cfg, base_url)
         self.max_concurrency = cfg.max_concurrency
         self.max_cost_usd = cfg.max_cost_usd
         self.structured_output = cfg.structured_output
         self.schema_style = cfg.schema_style
         self.ledger = Ledger(cfg.price_input_per_1m, cfg.price_output_per_1m)
+        # What this run dir paid in earlier invocations (work logs), so the cap spans resumes.
+        self.spent_before_usd = 0.0
         self._cache = cache
         self._reserved_usd = 0.0
         self._client_kwargs = dict(base_url=base_url, api_key=api_key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
@@ -154,6 +157,14 @@ class TeacherClient:
         if self.schema_style == "llama_cpp":  # llama-cpp-python: json_object with an inline schema
             return {"type": "json_object", "schema": schema}
         return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+    def count_earlier_spend(self, work_log: Sequence[dict[str, Any]]) -> None:
+        """Charge the requests a stage's work log shows as paid before this resume against
+        ``teacher.max_cost_usd``: the cap bounds what a run dir costs, not one invocation of it.
+        Work-log records carry ``cached``, ``prompt_tokens`` and ``completion_tokens``."""
+        paid = [r for r in work_log if not r["cached"]]
+        self.spent_before_usd += self.ledger.cost_of(sum(r["prompt_tokens"] for r in paid),
+                                                     sum(r["completion_tokens"] for r in paid))
 
     # -- running a batch ---------------------------------------------------------------------
 
@@ -196,7 +207,7 @@ class TeacherClient:
             raise stop[0]
 
     async def _complete(self, client: openai.AsyncOpenAI, request: Request) -> Completion:
-        key = request.cache_key(self.name, self.model)
+        key = request.cache_key(self.name, self.model, self.endpoint)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             self.ledger.add(self.model, hit)
             return hit
@@ -214,9 +225,10 @@ class TeacherClient:
         """Hold the worst-case cost of ``request`` against the cap, or stop before sending it."""
         prompt_chars = sum(len(m["content"]) for m in request.messages)
         worst = self.ledger.cost_of(prompt_chars * _TOKENS_PER_CHAR_UPPER + 16, request.max_tokens)
-        if self.max_cost_usd is not None and self.ledger.cost_usd + self._reserved_usd + worst > self.max_cost_usd:
+        spent = self.spent_before_usd + self.ledger.cost_usd
+        if self.max_cost_usd is not None and spent + self._reserved_usd + worst > self.max_cost_usd:
             raise SpendCapReached(
-                f"teacher.max_cost_usd={self.max_cost_usd}: spent ${self.ledger.cost_usd:.4f} "
+                f"teacher.max_cost_usd={self.max_cost_usd}: spent ${spent:.4f} "
                 f"(+${self._reserved_usd:.4f} worst case in flight); the next request "
                 f"could cost up to ${worst:.4f}, so the run stops here (work so far is saved; raise the cap and rerun to continue)"
             )
@@ -288,6 +300,14 @@ def _api_key(cfg: Any) -> str:
     if not key:
         raise TeacherError(f"teacher={cfg.name} needs an API key: set the environment variable {cfg.api_key_env}")
     return key
+
+
+def endpoint_identity(cfg: Any, base_url: Optional[str]) -> str:
+    """What, besides the model name, decides the answers: the GGUF file for the embedded server
+    (whose port changes every run), else the endpoint URL (two servers may serve one model name)."""
+    if cfg.launch_local:
+        return f"gguf:{cfg.gguf or 'embedded'}"
+    return base_url or "openai"
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_json_atomic(out / "stats.json", stats)
 
     ctx.tracker.log({f"dedup/{k}": v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    ctx.tracker.histogram("dedup/max_similarity", result.max_similarity, BIN_EDGES)
     ctx.tracker.image("dedup/similarity", plot)
     return {k: stats[k] for k in ("total", "kept", "dropped", "kept_ratio", "threshold", "mode")}
 

@@ -104,6 +104,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     log.info("instructions: %d seed tasks from %s", len(seeds), source)
     with AppendLog(ctx.dir / "requests.jsonl") as work:
         resumed = len(work.records)
+        ctx.teacher().count_earlier_spend(work.records)
         _generate(ctx, seeds, work)
         tasks, rejects = _collect(work, cfg.count)
         records = work.records
@@ -129,7 +130,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_jsonl_atomic(ctx.dir / "rejects.jsonl", rejects)
     write_jsonl_atomic(ctx.dir / "instructions.jsonl", tasks)
     plot = bar_charts(ctx.dir / "distribution.png", "Generated tasks",
-                      {"type": stats["types"], "view": stats["views"], "difficulty": stats["difficulties"]})
+                      {"type": stats["types"], "view": stats["views"], "difficulty": stats["difficulties"]},
+                      ordered=("difficulty",))
     write_json_atomic(ctx.dir / "stats.json", stats)
     ctx.tracker.log({f"instructions/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
     ctx.tracker.image("instructions/distribution", plot)

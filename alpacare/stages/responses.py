@@ -55,6 +55,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     with AppendLog(ctx.dir / "answers.jsonl") as work:
         resumed = len(work.records)
+        ctx.teacher().count_earlier_spend(work.records)
         answered = {a["id"] for a in work.records}
         requests = [
             Request(key=r["id"], messages=build_messages(r["instruction"], r.get("input")),
