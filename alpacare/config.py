@@ -213,6 +213,10 @@ class TrainConfig:
     # Pack several examples into each max_length row, attention kept within each example
     # (per-example position ids -> block-diagonal mask). Steps then count packed rows, not examples.
     packing: bool = False
+    # Loss over response tokens only, output layer in checkpointed chunks (alpacare/sft.py
+    # response_loss): same value as transformers' labels= loss without the full logits tensor.
+    # false = transformers' loss (for comparison; bench_train.py measures both).
+    chunked_loss: bool = True
     # Recompute activations in backward: less memory, ~30% slower. Off: 135M on CPU is not memory bound.
     gradient_checkpointing: bool = False
     # Checkpoint every N optimizer steps (and at the end) to train/checkpoints/last.ckpt.

@@ -1,6 +1,6 @@
 """Training throughput on CPU: the train stage's batching vs a plain Hugging Face Trainer baseline.
 
-    python benchmarks/bench_train.py                 # ~5 min on 2 cores
+    python benchmarks/bench_train.py --steps 3       # ~20 min on 2 cores (11 configs)
     python benchmarks/bench_train.py --steps 4 --configs "hf full" "ours lora grouped"
 
 The metric is useful tokens per second: non-pad tokens trained on, divided by the time of the
@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# name -> (trainer, tuning, batching)
+# name -> (trainer, tuning, batching[, extra Hydra overrides])
 CONFIGS = {
     "hf full": ("hf", "full", "random"),
     "hf lora": ("hf", "lora", "random"),
@@ -41,11 +41,16 @@ CONFIGS = {
     "ours lora random": ("ours", "lora", "random"),
     "ours lora grouped": ("ours", "lora", "grouped"),
     "ours lora packed": ("ours", "lora", "packed"),
+    # transformers' loss over the full logits instead of the chunked response-only loss
+    "ours lora grouped hf-loss": ("ours", "lora", "grouped", ("train.chunked_loss=false",)),
+    # recompute activations in backward: the low-memory setting
+    "ours lora grouped ckpt": ("ours", "lora", "grouped", ("train.gradient_checkpointing=true",)),
     "ours qlora grouped": ("ours", "qlora", "grouped"),
     "ours qlora packed": ("ours", "qlora", "packed"),
 }
 DEFAULT_CONFIGS = ["hf full", "hf lora", "ours full grouped", "ours full packed", "ours lora random",
-                   "ours lora grouped", "ours lora packed", "ours qlora grouped"]
+                   "ours lora grouped", "ours lora packed", "ours lora grouped hf-loss", "ours lora grouped ckpt",
+                   "ours qlora grouped"]
 
 
 def data_dir() -> Path:
@@ -68,7 +73,7 @@ def realistic_records(n: int, seed: int = 0) -> list[dict]:
     return records[:n]
 
 
-def compose_cfg(args, tuning: str, batching: str):
+def compose_cfg(args, tuning: str, batching: str, extra: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
     import alpacare.cli  # noqa: F401  (registers the schema)
@@ -78,6 +83,7 @@ def compose_cfg(args, tuning: str, batching: str):
         f"train.micro_batch_size={args.micro_batch}", f"train.effective_batch_size={args.micro_batch}",
         f"train.max_length={args.max_length}", f"train.max_steps={args.steps + 1}", "train.epochs=1000",
         f"train.group_by_length={batching == 'grouped'}", f"train.packing={batching == 'packed'}",
+        *extra, *args.override,
     ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
@@ -100,19 +106,20 @@ class StepClock:
             self.tokens += tokens
 
 
-def run_ours(args, tuning: str, batching: str) -> StepClock:
+def run_ours(args, tuning: str, batching: str, extra: tuple[str, ...] = ()) -> StepClock:
     import lightning.pytorch as L
 
     from alpacare import models
     from alpacare.sft import load_alpaca_records, tokenize_examples
     from alpacare.stages.train import InstructionTuner, return_freed_memory_to_os
 
-    cfg = compose_cfg(args, tuning, batching)
+    cfg = compose_cfg(args, tuning, batching, extra)
     L.seed_everything(0, verbose=False)
     return_freed_memory_to_os()
     tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
     examples, _ = tokenize_examples(load_alpaca_records(args.data_file), tokenizer, cfg.train.max_length)
-    model = models.load_model(cfg.model, cfg.tuning, cfg.cache_dir, tokenizer=tokenizer)
+    model = models.load_model(cfg.model, cfg.tuning, cfg.cache_dir, tokenizer=tokenizer,
+                              gradient_checkpointing=cfg.train.gradient_checkpointing)
     lr = cfg.train.lr if cfg.train.lr is not None else cfg.tuning.lr
     module = InstructionTuner(model, examples, train_cfg=cfg.train, lr=lr, pad_token_id=tokenizer.pad_token_id,
                               fingerprint="bench")
@@ -192,8 +199,8 @@ def peak_rss_gb() -> float:
 
 def run_one(args) -> None:
     """Child process: one config; prints one JSON line."""
-    kind, tuning, batching = CONFIGS[args.one]
-    clock = run_hf(args, tuning) if kind == "hf" else run_ours(args, tuning, batching)
+    kind, tuning, batching, *extra = CONFIGS[args.one]
+    clock = run_hf(args, tuning) if kind == "hf" else run_ours(args, tuning, batching, *extra)
     print("RESULT " + json.dumps({
         "config": args.one, "tokens_per_s": clock.tokens / clock.seconds, "tokens": clock.tokens,
         "seconds": clock.seconds, "peak_rss_gb": peak_rss_gb(),
@@ -209,6 +216,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256, help="size of the sample the batches are drawn from")
     parser.add_argument("--cache-dir", default=os.environ.get("ALPACARE_CACHE_DIR",
                                                              str(Path.home() / ".cache" / "alpacare")))
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra overrides for every config, e.g. train.gradient_checkpointing=true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,7 +238,8 @@ def main() -> None:
         for name in args.configs:
             cmd = [sys.executable, __file__, "--one", name, "--data-file", str(data_file),
                    *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                     if k in ("steps", "micro_batch", "max_length", "examples", "cache_dir"))]
+                     if k in ("steps", "micro_batch", "max_length", "examples", "cache_dir")),
+                   *(["--override", *args.override] if args.override else [])]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:

@@ -47,6 +47,44 @@ def _no_pickles(model_dir: Path) -> None:
     assert any(f.endswith(".safetensors") for f in files), files
 
 
+# -- loss --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_response_loss_equals_the_models_own_loss_and_gradients(cache_dir, tiny_model_dir, tuning, packed):
+    """The chunked response-only loss is the labels= loss of transformers, value and gradients."""
+    from alpacare import models
+    from alpacare.sft import LOSS_CHUNK_TOKENS, collate_rows, response_loss, tokenize_examples
+
+    cfg = train_cfg(Path("unused.json"), cache_dir, f"tuning={tuning}", "tuning.lora_r=4", model_dir=tiny_model_dir)
+    tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
+    torch.manual_seed(0)
+    model = models.load_model(cfg.model, cfg.tuning, cfg.cache_dir, tokenizer=tokenizer).train()
+    for module in model.modules():  # dropout off: both passes must see the same network
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    examples, _ = tokenize_examples(RECORDS * 8, tokenizer, 128)
+    rows = [examples[:3], examples[3:6]] if packed else [[e] for e in examples]
+    batch = collate_rows(rows, tokenizer.pad_token_id)
+    learned = int((batch["labels"][:, 1:] != -100).sum())
+    assert packed or learned > LOSS_CHUNK_TOKENS, "the batch should span several loss chunks"
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours, ours_grads = loss_and_grads(lambda: response_loss(model, batch))
+    theirs, their_grads = loss_and_grads(lambda: model(
+        input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"), use_cache=False).loss)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(ours_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # -- outputs -----------------------------------------------------------------------------------
 
 

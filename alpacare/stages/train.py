@@ -55,6 +55,7 @@ from alpacare.sft import (
     collate_rows,
     data_fingerprint,
     load_alpaca_records,
+    response_loss,
     tokenize_examples,
 )
 from alpacare.stages import StageContext
@@ -110,15 +111,18 @@ class InstructionTuner(L.LightningModule):
     # -- optimization --------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.model(
-            input_ids=batch["input_ids"],
-            labels=batch["labels"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
-            use_cache=False,  # with a KV cache, transformers would ignore packed position ids
-        )
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["num_examples"])
-        return out.loss
+        if self.train_cfg.chunked_loss:
+            loss = response_loss(self.model, batch)
+        else:  # transformers' own loss over the full [batch, length, vocab] logits
+            loss = self.model(
+                input_ids=batch["input_ids"],
+                labels=batch["labels"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"),
+                use_cache=False,  # with a KV cache, transformers would ignore packed position ids
+            ).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["num_examples"])
+        return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Before clipping, like the grad_norm HF Trainer logs.
