@@ -58,3 +58,5 @@ def test_redact_masks_secret_values_but_not_variable_names():
     out = redact(cfg)
     assert out["teacher"] == {"api_key_env": "OPENAI_API_KEY", "api_key": "***"}
     assert out["wandb"]["token"] == "***" and out["nested"][0]["password"] == "***" and out["model"] == "gpt-4"
+    # A tokenizer's special tokens are not secrets: W&B shows which pad token a run used.
+    assert redact({"model": {"pad_token": "[PAD]"}})["model"]["pad_token"] == "[PAD]"

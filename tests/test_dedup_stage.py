@@ -120,3 +120,25 @@ def test_bad_input_fails_with_one_line(tmp_path, case):
     assert named in lines[0]
     assert not (run_dir / "dedup" / "kept.jsonl").exists()
     assert not (run_dir / "dedup" / "stats.json").exists()
+
+
+def test_wandb_offline_run_holds_the_numbers_and_the_histogram(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    run_dir = tmp_path / "run"
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (run_dir / "wandb").glob("offline-run-*")
+    (log,) = run.glob("*.wandb")
+    raw = log.read_bytes()
+    for key in (b"dedup/kept_ratio", b"dedup/max_similarity", b"dedup/similarity", b"histogram"):
+        assert key in raw, key
+
+
+def test_ranks_above_zero_skip_the_data_stages(tmp_path):
+    """A distributed launch starts the app once per rank; only rank 0 may write data."""
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    run_dir = tmp_path / "run"
+    proc = run_cli(["stages=[dedup]", f"dedup.input={data}", f"hydra.run.dir={run_dir}"], tmp_path, RANK="1")
+    assert proc.returncode == 0, proc.stderr
+    assert not (run_dir / "dedup").exists() and not (run_dir / "wandb").exists()
+    assert "outputs in" not in proc.stdout

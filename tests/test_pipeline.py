@@ -223,3 +223,22 @@ def test_missing_api_key_names_the_variable(tmp_path):
                            f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=REPO,
                           env={**cli_env(tmp_path), **env, "OPENAI_API_KEY": ""}, timeout=120)
     assert_one_line_error(proc, "OPENAI_API_KEY")
+
+
+def test_cache_key_tells_endpoints_apart_but_not_local_ports():
+    """Two servers may serve one model name; the embedded server's port changes every run."""
+    from types import SimpleNamespace
+
+    from alpacare.llm.client import Request, endpoint_identity
+
+    request = Request(key="0", messages=({"role": "user", "content": "hi"},), temperature=1.0, top_p=1.0,
+                      max_tokens=8)
+    remote = SimpleNamespace(launch_local=False, gguf=None)
+    local = SimpleNamespace(launch_local=True, gguf=None)
+
+    def key(cfg, url):
+        return request.cache_key("t", "m", endpoint_identity(cfg, url))
+
+    assert key(remote, "http://a:8000/v1") != key(remote, "http://b:8000/v1")
+    assert key(local, "http://127.0.0.1:4001/v1") == key(local, "http://127.0.0.1:4002/v1")
+    assert key(local, "x") != key(SimpleNamespace(launch_local=True, gguf="/other.gguf"), "x")

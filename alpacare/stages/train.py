@@ -240,7 +240,8 @@ def return_freed_memory_to_os() -> None:
 
     glibc's adaptive mmap threshold climbs to 32 MiB, after which the many 1-30 MB activation
     tensors of a CPU training step come from a heap that fragments and rarely shrinks. Measured
-    on SmolLM2-135M LoRA, 4 x 512 tokens: peak RSS 8.5 GB -> 5.2 GB at the same speed.
+    on SmolLM2-135M LoRA, 4 x 512 tokens (benchmarks/bench_train.py, 36 examples x 8 steps):
+    peak RSS 7.6 GB -> 4.6 GB, at 28% fewer tokens/s (page faults on every step's activations).
     """
     if sys.platform.startswith("linux"):
         try:
@@ -425,7 +426,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
     data_path = ctx.input_path(cfg.train.data, "train.data", "responses", "train.json")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    return_freed_memory_to_os()
+    if cfg.train.release_memory_to_os:
+        return_freed_memory_to_os()
 
     # 1. Data: Alpaca records -> tokenized examples with response-only labels.
     records = load_alpaca_records(data_path)
