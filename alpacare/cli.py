@@ -56,7 +56,8 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir, group, run_name = _run_names()
     stages = sorted(set(cfg.stages), key=STAGE_ORDER.index)
-    if process_rank() != 0:
+    rank = process_rank()
+    if rank != 0:
         # A distributed launch (Lightning's launcher, torchrun, SLURM) starts this app once per
         # rank: only rank 0 talks to the teacher and writes data; every rank trains.
         stages = [s for s in stages if s in DISTRIBUTED_STAGES]
@@ -81,7 +82,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             log.info("stage %s: done in %.1fs", stage, summary["seconds"])
     finally:
         resources.close()
-    if process_rank() == 0:
+    if rank == 0:
         _print_summary(run_dir, summaries)
     return summaries
 
