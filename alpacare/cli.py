@@ -21,15 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from alpacare.config import STAGE_ORDER, register_configs, validate
+from alpacare.config import register_configs, validate
 from alpacare.errors import AlpacareError
-from alpacare.stages import Resources, StageContext
+from alpacare.stages import Resources, StageContext, StageSpec, check_inputs, selected_stages
 from alpacare.tracking import Tracker, process_rank
 
 log = logging.getLogger("alpacare")
-
-# Stages that every rank of a distributed run takes part in; the others run on rank 0 only.
-DISTRIBUTED_STAGES = ("train",)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -55,36 +52,51 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     for noisy in ("httpx", "httpx2"):  # one INFO line per request drowns the progress bars
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir, group, run_name = _run_names()
-    stages = sorted(set(cfg.stages), key=STAGE_ORDER.index)
+    stages = selected_stages(cfg)
     rank = process_rank()
     if rank != 0:
         # A distributed launch (Lightning's launcher, torchrun, SLURM) starts this app once per
-        # rank: only rank 0 talks to the teacher and writes data; every rank trains.
-        stages = [s for s in stages if s in DISTRIBUTED_STAGES]
+        # rank: only rank 0 talks to LLM endpoints and writes data; every rank trains.
+        stages = [s for s in stages if s.all_ranks]
+    check_before_running(cfg, run_dir, stages)
     resources = Resources(cfg)
     summaries: dict[str, Any] = {}
     try:
-        for stage in stages:
-            module = _stage_module(stage)
-            tracker = Tracker(cfg, run_dir, stage, group, run_name)
-            ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=stage, tracker=tracker, resources=resources)
-            log.info("stage %s: starting", stage)
-            started = time.perf_counter()
+        for spec in stages:
+            module = _stage_module(spec.name)
+            tracker = Tracker(cfg, run_dir, spec.name, group, run_name)
+            ctx = StageContext(cfg=cfg, run_dir=run_dir, spec=spec, tracker=tracker, resources=resources)
+            log.info("stage %s: starting", spec.name)
             try:
                 summary = module.run(ctx) or {}
             except BaseException:
                 tracker.finish(exit_code=1)
                 raise
-            summary["seconds"] = round(time.perf_counter() - started, 1)
+            summary["seconds"] = round(time.perf_counter() - ctx.started, 1)
             tracker.summary(summary)
             tracker.finish()
-            summaries[stage] = summary
-            log.info("stage %s: done in %.1fs", stage, summary["seconds"])
+            summaries[spec.name] = summary
+            log.info("stage %s: done in %.1fs", spec.name, summary["seconds"])
     finally:
+        ledgers = resources.ledgers()
         resources.close()
     if rank == 0:
-        _print_summary(run_dir, summaries)
+        _print_summary(run_dir, summaries, ledgers)
     return summaries
+
+
+def check_before_running(cfg: DictConfig, run_dir: Path, stages: list[StageSpec]) -> None:
+    """What can fail cheaply fails before any slow or paid work: every stage is implemented,
+    every input will exist, every endpoint role in use has its API key."""
+    from alpacare.llm.client import api_key
+
+    modules = [_stage_module(spec.name) for spec in stages]
+    check_inputs(cfg, run_dir, stages)
+    for module in modules:  # a stage's own cheap checks (known test set names, data present, ...)
+        if hasattr(module, "check"):
+            module.check(cfg)
+    for role in sorted({role for spec in stages for role in spec.endpoints}):
+        api_key(cfg[role], role)
 
 
 def _stage_module(stage: str):
@@ -96,11 +108,15 @@ def _stage_module(stage: str):
         raise
 
 
-def _print_summary(run_dir: Path, summaries: dict[str, Any]) -> None:
+def _print_summary(run_dir: Path, summaries: dict[str, Any], ledgers: dict[str, dict[str, Any]]) -> None:
     print(f"\nalpacare: outputs in {run_dir}")
     for stage, summary in summaries.items():
         fields = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
         print(f"  {stage:<13} {fields}")
+    for role, ledger in ledgers.items():
+        print(f"  {role + ' ledger':<13} requests={ledger['requests']}, cached={ledger['cached_requests']}, "
+              f"failed={ledger['failed_requests']}, prompt_tokens={ledger['prompt_tokens']}, "
+              f"completion_tokens={ledger['completion_tokens']}, cost_usd={ledger['cost_usd']}")
     sys.stdout.flush()
 
 

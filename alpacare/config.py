@@ -19,13 +19,13 @@ from omegaconf import MISSING
 
 from alpacare.errors import ConfigError
 
-STAGE_ORDER = ("instructions", "dedup", "responses", "train", "predict", "judge", "benchmark", "report")
-
-
 @dataclass
-class TeacherConfig:
-    """An OpenAI-compatible chat endpoint that writes instructions and answers them."""
+class EndpointConfig:
+    """An OpenAI-compatible chat endpoint. One type for every role: ``teacher=<preset>`` and
+    ``judge=<preset>`` pick from the same presets (conf/endpoint/), each role with its own key
+    variable, prices, concurrency, ledger and spend cap."""
 
+    # Preset name (conf/endpoint/<name>.yaml), shown in logs and the ledger.
     name: str = "local"
     # Model id sent in each request ("gpt-4", "gpt-3.5-turbo", or whatever the server serves).
     model: str = "SmolLM2-135M-Instruct"
@@ -58,10 +58,15 @@ class TeacherConfig:
     # USD per 1M tokens, for the cost ledger (the paper reports the API cost of building the data).
     price_input_per_1m: float = 0.0
     price_output_per_1m: float = 0.0
-    # Stop cleanly before the ledger would exceed this many USD. None = no cap.
+    # Stop cleanly before this role's ledger would exceed this many USD. None = no cap.
     max_cost_usd: Optional[float] = None
     # Cache of responses keyed by request, shared across runs: paid work is never repeated.
     cache: bool = True
+
+
+@dataclass
+class TeacherConfig(EndpointConfig):
+    """The endpoint that writes instructions and answers them (``teacher=<preset>``)."""
 
 
 @dataclass
@@ -231,13 +236,66 @@ class TrainConfig:
 
 
 @dataclass
-class JudgeConfig:
-    """LLM-as-judge win rates against reference answers (stage lands in its own issue)."""
+class PredictConfig:
+    """The ``predict`` stage: the model answers free-form test sets with the Alpaca template."""
 
-    predictions: Optional[str] = None
-    limit: Optional[int] = None
+    # Model dir (full, LoRA/QLoRA adapter or merged), Hugging Face id or local path.
+    # None = this run's train/model.
+    model: Optional[str] = None
+    # Name written into every prediction (``generator``); None = derived from the model path.
+    name: Optional[str] = None
+    # Test sets by name (paper: medinstruct, icliniq, alpaca_eval; see alpacare/data/eval_sets.py)
+    # or paths to a JSON/JSONL file of {instruction, input?} records. Default: MedInstruct-test.
+    test_sets: List[str] = field(default_factory=lambda: ["medinstruct"])
+    # First N items of each test set; None = all. 4 keeps the default CPU run inside its budget;
+    # the paper presets (experiment=paper_7b) set null.
+    limit: Optional[int] = 4
+    # New tokens per answer, prompt not counted. The release's generate() had max_length=1024
+    # *including* the prompt, so a long iCliniq question left less room for its answer; 1024 new
+    # tokens is at least that budget for every item. (The default run overrides it in config.yaml.)
+    max_new_tokens: int = 1024
+    # Greedy by default (AlpaCare's inference: do_sample=False); sampling settings apply with true.
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 1.0
+    # Prompts per generate() call, sorted by length, left-padded (benchmarks/bench_predict.py).
+    batch_size: int = 16
+    # hf = transformers' generate; vllm = vLLM (pip install 'alpacare[vllm]', GPU).
+    backend: str = "hf"
+    # auto = bf16 on a bf16-capable GPU, fp32 on CPU.
+    dtype: str = "auto"
+    # auto = cuda when available, else cpu.
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class JudgeConfig(EndpointConfig):
+    """LLM-as-judge win rates against reference answers (``judge=<endpoint preset>``), with the
+    paper's protocol: both answer orders, "Output (a)" / "Output (b)" / "Tie", temperature 0."""
+
+    name: str = "gpt35_turbo"
     model: str = "gpt-3.5-turbo"  # paper: gpt-3.5-turbo judges
+    # A predictions file from elsewhere (released generations, another run), with judge.test_set.
+    predictions: Optional[str] = None
+    test_set: Optional[str] = None
+    # Test sets to judge from this run's predict stage (default: whatever predict answered).
+    test_sets: List[str] = "${predict.test_sets}"  # type: ignore[assignment]
+    # Reference models (paper: all four; AlpacaFarm's reference is text-davinci-003 only).
     references: List[str] = field(default_factory=lambda: ["text-davinci-003", "gpt-3.5-turbo", "gpt-4", "claude-2"])
+    # First N items of each test set; None = all.
+    limit: Optional[int] = None
+    # true = the release's parser: an exact verdict string, and an item with any unparsed order is
+    # dropped. false = lenient (case, punctuation, a short explanation; JSON {"verdict": ...}).
+    strict_parsing: bool = False
+    # Paper: temperature 0. A verdict is a few tokens; room for a short explanation after it.
+    temperature: float = 0.0
+    max_tokens: int = 32
+    # Bootstrap resamples for the length-controlled win rate's standard error.
+    bootstrap: int = 500
+    # Items with both answers and verdicts shown in the W&B sample table.
+    samples_to_log: int = 20
+    seed: int = 0
 
 
 @dataclass
@@ -248,6 +306,8 @@ class BenchmarkConfig:
     tasks: List[str] = field(default_factory=lambda: ["medqa_4options", "pubmedqa", "medmcqa", "headqa_en"])
     num_fewshot: int = 0
     limit: Optional[int] = None
+    # Model dir or HF id; None = this run's train/model.
+    model: Optional[str] = None
 
 
 @dataclass
@@ -274,6 +334,7 @@ class Config:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -296,9 +357,9 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: Any) -> None:
     """Range and choice checks that the types alone cannot express."""
-    unknown = [s for s in cfg.stages if s not in STAGE_ORDER]
-    _check(not unknown, "stages", f"unknown stage(s) {unknown}; choose from {list(STAGE_ORDER)}")
-    _check(len(cfg.stages) > 0, "stages", "is empty")
+    from alpacare.stages import selected_stages
+
+    selected_stages(cfg)
     _check(cfg.instructions.count > 0, "instructions.count", f"must be positive, got {cfg.instructions.count}")
     _check(cfg.instructions.seeds_per_request >= 1, "instructions.seeds_per_request", "must be >= 1")
     _check(cfg.instructions.generated_per_request >= 0, "instructions.generated_per_request", "must be >= 0")
@@ -307,13 +368,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.responses.max_tokens > 0, "responses.max_tokens", "must be positive")
     _check(0.0 <= cfg.dedup.threshold <= 1.0, "dedup.threshold", f"must be in [0, 1], got {cfg.dedup.threshold}")
     _check(cfg.dedup.mode in ("greedy", "pairwise"), "dedup.mode", f"must be greedy or pairwise, got {cfg.dedup.mode!r}")
-    _check(cfg.teacher.schema_style in ("openai", "llama_cpp"), "teacher.schema_style", "must be openai or llama_cpp")
-    _check(cfg.teacher.max_concurrency >= 1, "teacher.max_concurrency", "must be >= 1")
-    _check(cfg.teacher.max_retries >= 0, "teacher.max_retries", "must be >= 0")
-    _check(cfg.teacher.timeout_s > 0, "teacher.timeout_s", "must be positive")
-    _check(cfg.teacher.max_cost_usd is None or cfg.teacher.max_cost_usd >= 0, "teacher.max_cost_usd", "must be >= 0")
-    _check(cfg.teacher.launch_local or bool(cfg.teacher.base_url) or cfg.teacher.api_key_env is not None,
-           "teacher.base_url", "is not set (set teacher.base_url=URL or teacher.launch_local=true)")
+    for role in ("teacher", "judge"):
+        _validate_endpoint(cfg[role], role)
     _check(cfg.tuning.method in ("full", "lora", "qlora"), "tuning.method", f"must be full, lora or qlora, got {cfg.tuning.method!r}")
     _check(cfg.tuning.lr > 0, "tuning.lr", f"must be positive, got {cfg.tuning.lr}")
     _check(cfg.tuning.lora_r > 0, "tuning.lora_r", "must be positive")
@@ -334,4 +390,23 @@ def validate(cfg: Any) -> None:
     _check(cfg.train.save_every_n_steps > 0, "train.save_every_n_steps", "must be positive")
     _check(cfg.train.resume in ("auto", "never") or bool(cfg.train.resume), "train.resume", "must be auto, never or a checkpoint path")
     _check(cfg.judge.limit is None or cfg.judge.limit > 0, "judge.limit", "must be positive")
+    _check(cfg.judge.max_tokens > 0, "judge.max_tokens", "must be positive")
+    _check(cfg.judge.bootstrap >= 0, "judge.bootstrap", "must be >= 0")
+    _check(cfg.predict.limit is None or cfg.predict.limit > 0, "predict.limit", "must be positive")
+    _check(cfg.predict.max_new_tokens > 0, "predict.max_new_tokens", "must be positive")
+    _check(cfg.predict.batch_size > 0, "predict.batch_size", "must be positive")
+    _check(cfg.predict.backend in ("hf", "vllm"), "predict.backend", f"must be hf or vllm, got {cfg.predict.backend!r}")
+    _check(cfg.predict.dtype in ("auto", "float32", "bfloat16", "float16"), "predict.dtype",
+           "must be auto, float32, bfloat16 or float16")
+    _check(len(cfg.predict.test_sets) > 0, "predict.test_sets", "is empty")
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", "must be offline, online or disabled")
+
+
+def _validate_endpoint(ep: Any, role: str) -> None:
+    _check(ep.schema_style in ("openai", "llama_cpp"), f"{role}.schema_style", "must be openai or llama_cpp")
+    _check(ep.max_concurrency >= 1, f"{role}.max_concurrency", "must be >= 1")
+    _check(ep.max_retries >= 0, f"{role}.max_retries", "must be >= 0")
+    _check(ep.timeout_s > 0, f"{role}.timeout_s", "must be positive")
+    _check(ep.max_cost_usd is None or ep.max_cost_usd >= 0, f"{role}.max_cost_usd", "must be >= 0")
+    _check(ep.launch_local or bool(ep.base_url) or ep.api_key_env is not None,
+           f"{role}.base_url", f"is not set (set {role}.base_url=URL or {role}.launch_local=true)")

@@ -15,11 +15,17 @@ class DataError(AlpacareError):
     """A missing, empty or malformed input file."""
 
 
-class TeacherError(AlpacareError):
-    """The teacher endpoint is unreachable, refuses us, or lacks credentials."""
+class EndpointError(AlpacareError):
+    """An LLM endpoint (teacher or judge) is unreachable, refuses us, or lacks credentials."""
 
 
 class SpendCapReached(AlpacareError):
-    """The next request could push the ledger past teacher.max_cost_usd; work so far is kept."""
+    """The next request could push a role's ledger past <role>.max_cost_usd; work so far is kept."""
 
     exit_code = 3
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of a third-party exception, for a one-line error message."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:limit]

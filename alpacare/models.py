@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from alpacare.errors import ConfigError
+from alpacare.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,18 @@ def resolve_model_path(model_cfg: Any, cache_dir: str | Path) -> Path | str:
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ConfigError(f"model.path={model_cfg.path}: not a Hugging Face model directory (no config.json)")
         return path
-    if not _HUB_ID.match(model_cfg.path) or model_cfg.path.startswith((".", "~")):
+    if not looks_like_hub_id(model_cfg.path):
         raise ConfigError(f"model.path={model_cfg.path}: not found locally")
-    if hub_is_offline() and not _in_hub_cache(model_cfg.path):
+    if hub_is_offline() and not in_hub_cache(model_cfg.path):
         raise ConfigError(f"model.path={model_cfg.path}: not found locally and the hub is offline")
     return model_cfg.path
 
 
-def _in_hub_cache(repo_id: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
+
+
+def in_hub_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
@@ -162,7 +166,7 @@ def load_tokenizer(model_cfg: Any, cache_dir: str | Path, *, path: Path | str | 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer ({_first_line(e)})") from None
+        raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer ({first_line(e)})") from None
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"model.path={model_cfg.path}: the tokenizer has no EOS token")
     ensure_pad_token(tokenizer, model_cfg.pad_token)
@@ -221,7 +225,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path={model_cfg.path}: cannot load the model ({_first_line(e)})") from None
+        raise ConfigError(f"model.path={model_cfg.path}: cannot load the model ({first_line(e)})") from None
 
     if tokenizer is not None:
         if tuning_cfg.method != "full" and len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -298,7 +302,7 @@ def check_bitsandbytes_usable(device: str = "cpu") -> None:
         layer(torch.ones(1, 64, device=device))
     except Exception as e:  # ImportError, missing CUDA libs, unsupported device...
         raise ConfigError(
-            f"tuning=qlora: bitsandbytes 4-bit is not usable on {device} ({_first_line(e)}); use tuning=lora"
+            f"tuning=qlora: bitsandbytes 4-bit is not usable on {device} ({first_line(e)}); use tuning=lora"
         ) from None
 
 
@@ -345,7 +349,3 @@ def save_merged_model(adapter_dir: Path, dest: Path, *, card: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     return save_model_dir(merged, tokenizer, dest, card=card)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

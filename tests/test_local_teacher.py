@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from alpacare.llm.server import embedded_gguf_path, local_server
+from alpacare.llm.server import local_server
+from alpacare.models import embedded_gguf_path
 
 
 def test_embedded_gguf_is_located_without_importing_llm():

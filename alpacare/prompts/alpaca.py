@@ -36,3 +36,38 @@ def format_prompt(instruction: str, input: Optional[str] = None) -> str:
     if has_input(input):
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def _jinja_text(text: str) -> str:
+    """Literal template text: Jinja only interprets ``{{``, ``{%`` and ``{#``."""
+    assert "{{" not in text and "{%" not in text and "{#" not in text
+    return text
+
+
+def alpaca_chat_template() -> str:
+    """The Alpaca template as a Jinja ``chat_template``, built from the two prompts above.
+
+    Saved with every trained model's tokenizer, so ``apply_chat_template`` (vLLM, lm-eval's
+    ``--apply_chat_template``, a user's script) gives the model the prompt it was trained on rather
+    than the base model's own chat format. A user message becomes the no-input prompt, or the
+    with-input prompt when the message also has an ``input`` field; an assistant message is its
+    content followed by EOS (as in training). The prompt already ends with ``### Response:``, so
+    ``add_generation_prompt`` adds nothing.
+    """
+    no_input_head, no_input_tail = PROMPT_NO_INPUT.split("{instruction}")
+    with_input_head, rest = PROMPT_WITH_INPUT.split("{instruction}")
+    with_input_mid, with_input_tail = rest.split("{input}")
+    return (
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'user' %}"
+        "{%- if message.input is defined and message.input %}"
+        + _jinja_text(with_input_head) + "{{ message['content'] }}" + _jinja_text(with_input_mid)
+        + "{{ message.input }}" + _jinja_text(with_input_tail)
+        + "{%- else %}"
+        + _jinja_text(no_input_head) + "{{ message['content'] }}" + _jinja_text(no_input_tail)
+        + "{%- endif %}"
+        "{%- elif message['role'] == 'assistant' %}"
+        "{{ message['content'] }}{{ eos_token }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+    )

@@ -1,41 +1,190 @@
-"""Pipeline stages, one module each, run in ``STAGE_ORDER``.
+"""Pipeline stages: each declared once here, implemented in ``alpacare/stages/<name>.py``.
 
-Every stage module exposes ``run(ctx: StageContext) -> dict``: it reads its input (the previous
-stage's artifact in the same run dir, or an explicit ``<stage>.input=FILE`` override), writes its
-artifacts under ``ctx.dir`` (final files atomically, so a crash never leaves one that looks
-complete), logs to ``ctx.tracker``, and returns a short summary for the console.
+A declaration (``StageSpec``) says what the stage reads (``Input``: another stage's artifact, or
+an explicit path under a config key), what it writes (``Artifact``), which LLM endpoints it talks
+to (roles: ``teacher``, ``judge``), and whether every rank of a distributed job runs it. The CLI
+checks every selected stage's inputs and endpoint credentials against these declarations before
+the first stage starts, so a typo or a missing file fails in the first second, not after an hour
+of paid generation; stages import the artifacts below instead of spelling file names.
+
+Every stage module exposes ``run(ctx: StageContext) -> dict``: it reads its inputs with
+``ctx.input_path`` / ``ctx.model_source``, writes its artifacts under ``ctx.dir`` (final files
+atomically, so a crash never leaves one that looks complete), writes ``stats.json`` with
+``ctx.write_stats`` (last, so its presence means the stage completed), logs to ``ctx.tracker``,
+and returns a short summary for the console.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from alpacare.errors import DataError
+from alpacare.errors import ConfigError, DataError
 from alpacare.tracking import Tracker
 
 if TYPE_CHECKING:
-    from alpacare.llm.client import TeacherClient
+    from alpacare.llm.client import LLMClient
+
+# Version of the stats.json layout every stage writes (``StageContext.write_stats``).
+STATS_SCHEMA_VERSION = 1
+STATS_FILE = "stats.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file or directory a stage writes into its folder of the run dir. ``name`` may hold
+    ``{test_set}``-style fields for artifacts written once per item of a config list."""
+
+    stage: str
+    name: str
+
+    def path(self, run_dir: Path, **fields: str) -> Path:
+        return Path(run_dir) / self.stage / self.name.format(**fields)
+
+
+# Every artifact another stage (or a user) reads, declared once.
+INSTRUCTIONS = Artifact("instructions", "instructions.jsonl")
+KEPT = Artifact("dedup", "kept.jsonl")
+TRAIN_SET = Artifact("responses", "train.json")
+MODEL = Artifact("train", "model")
+MERGED_MODEL = Artifact("train", "model_merged")
+PREDICTIONS = Artifact("predict", "{test_set}.jsonl")
+VERDICTS = Artifact("judge", "verdicts.jsonl")
+WIN_RATES = Artifact("judge", STATS_FILE)
+BENCHMARK_RESULTS = Artifact("benchmark", "results.json")
+REPORT = Artifact("report", "report.md")
+
+
+@dataclass(frozen=True)
+class Input:
+    """What a stage reads: ``artifact`` from this run dir, unless config key ``override`` names
+    an explicit path. ``kind="model"``: the override may also be a Hugging Face id. ``each``: a
+    config key holding a list; the artifact is read once per item (``{test_set}`` in its name)."""
+
+    artifact: Artifact
+    override: str
+    kind: str = "file"
+    each: Optional[str] = None
+    each_field: str = "test_set"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    inputs: tuple[Input, ...] = ()
+    outputs: tuple[Artifact, ...] = ()
+    # LLM endpoint roles the stage calls (config groups of the same name: teacher=..., judge=...).
+    endpoints: tuple[str, ...] = ()
+    # Every rank of a distributed launch runs it (train); the others run on rank 0 only.
+    all_ranks: bool = False
+
+    def input(self, artifact: Artifact) -> Input:
+        for inp in self.inputs:
+            if inp.artifact == artifact:
+                return inp
+        raise KeyError(f"stage {self.name} declares no input {artifact}")
+
+
+# The pipeline, in order. ``alpacare stages=[...]`` runs a subset, always in this order.
+STAGES: dict[str, StageSpec] = {s.name: s for s in (
+    StageSpec("instructions", outputs=(INSTRUCTIONS,), endpoints=("teacher",)),
+    StageSpec("dedup", inputs=(Input(INSTRUCTIONS, "dedup.input"),), outputs=(KEPT,)),
+    StageSpec("responses", inputs=(Input(KEPT, "responses.input"),), outputs=(TRAIN_SET,), endpoints=("teacher",)),
+    StageSpec("train", inputs=(Input(TRAIN_SET, "train.data"),), outputs=(MODEL,), all_ranks=True),
+    StageSpec("predict", inputs=(Input(MODEL, "predict.model", kind="model"),), outputs=(PREDICTIONS,)),
+    StageSpec("judge", inputs=(Input(PREDICTIONS, "judge.predictions", each="judge.test_sets"),),
+              outputs=(VERDICTS, WIN_RATES), endpoints=("judge",)),
+    StageSpec("benchmark", inputs=(Input(MODEL, "benchmark.model", kind="model"),), outputs=(BENCHMARK_RESULTS,)),
+    StageSpec("report", outputs=(REPORT,)),
+)}
+STAGE_ORDER = tuple(STAGES)
+
+
+def selected_stages(cfg: Any) -> list[StageSpec]:
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGE_ORDER)}")
+    if not cfg.stages:
+        raise ConfigError("stages: is empty")
+    return [STAGES[name] for name in STAGE_ORDER if name in cfg.stages]
+
+
+def _select(cfg: Any, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _each(cfg: Any, inp: Input) -> list[dict[str, str]]:
+    if inp.each is None:
+        return [{}]
+    return [{inp.each_field: str(v)} for v in (_select(cfg, inp.each) or [])]
+
+
+def check_inputs(cfg: Any, run_dir: Path, stages: list[StageSpec]) -> None:
+    """Before anything runs: every input of every selected stage is an explicit path that exists,
+    or comes from an earlier selected stage, or is already in the run dir."""
+    from alpacare.inference import check_model_source
+
+    produced: set[str] = set()
+    for spec in stages:
+        for inp in spec.inputs:
+            explicit = _select(cfg, inp.override)
+            if explicit:
+                if inp.kind == "model":
+                    check_model_source(str(explicit), inp.override)
+                elif not Path(str(explicit)).expanduser().is_file():
+                    raise DataError(f"{inp.override}={explicit}: no such file")
+                continue
+            if inp.artifact.stage in produced:
+                continue
+            for fields in _each(cfg, inp):
+                path = inp.artifact.path(run_dir, **fields)
+                if not path.exists():
+                    raise DataError(
+                        f"{spec.name}: needs {path.relative_to(run_dir)} in the run dir ({run_dir}); "
+                        f"add the {inp.artifact.stage} stage (stages=[{inp.artifact.stage},{spec.name}]) "
+                        f"or set {inp.override}={'PATH' if inp.kind == 'model' else 'FILE'}"
+                    )
+        produced.add(spec.name)
 
 
 @dataclass
 class Resources:
-    """Things several stages share within one job (the teacher and its local server)."""
+    """Things several stages of one job share: LLM clients by role, and local llama.cpp servers
+    (one per GGUF, so a local teacher and a local judge share one process)."""
 
     cfg: DictConfig
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    _teacher: Optional["TeacherClient"] = None
+    _clients: dict[str, "LLMClient"] = field(default_factory=dict)
+    _local_urls: dict[tuple, str] = field(default_factory=dict)
 
-    def teacher(self) -> "TeacherClient":
-        if self._teacher is None:
-            from alpacare.llm.client import open_teacher
+    def endpoint(self, role: str) -> "LLMClient":
+        if role not in self._clients:
+            from alpacare.llm.client import open_endpoint
 
-            self._teacher = self._stack.enter_context(open_teacher(self.cfg.teacher, Path(self.cfg.cache_dir)))
-        return self._teacher
+            self._clients[role] = self._stack.enter_context(
+                open_endpoint(self.cfg[role], role, Path(self.cfg.cache_dir), local_url=self.local_server_url)
+            )
+        return self._clients[role]
+
+    def local_server_url(self, endpoint_cfg: Any) -> str:
+        key = (endpoint_cfg.gguf, endpoint_cfg.model, endpoint_cfg.local_n_ctx, endpoint_cfg.local_extra_buffer_types)
+        if key not in self._local_urls:
+            from alpacare.llm.server import local_server
+
+            self._local_urls[key] = self._stack.enter_context(local_server(
+                endpoint_cfg.gguf, model_alias=endpoint_cfg.model, n_ctx=endpoint_cfg.local_n_ctx,
+                extra_buffer_types=endpoint_cfg.local_extra_buffer_types,
+            ))
+        return self._local_urls[key]
+
+    def ledgers(self) -> dict[str, dict[str, Any]]:
+        """Tokens and cost per role, for the run summary."""
+        return {role: client.ledger.summary() for role, client in self._clients.items()}
 
     def close(self) -> None:
         self._stack.close()
@@ -45,9 +194,14 @@ class Resources:
 class StageContext:
     cfg: DictConfig
     run_dir: Path
-    stage: str
+    spec: StageSpec
     tracker: Tracker
     resources: Resources
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def stage(self) -> str:
+        return self.spec.name
 
     @property
     def dir(self) -> Path:
@@ -55,19 +209,49 @@ class StageContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def input_path(self, override: Optional[str], key: str, producer: str, filename: str) -> Path:
-        """The explicit ``key=FILE`` if given, else ``producer``'s artifact in this run dir."""
-        if override:
-            path = Path(override).expanduser()
+    def input_path(self, artifact: Artifact, **fields: str) -> Path:
+        """The explicit file under the input's config key if set, else ``artifact`` in this run dir."""
+        inp = self.spec.input(artifact)
+        explicit = _select(self.cfg, inp.override)
+        if explicit:
+            path = Path(str(explicit)).expanduser()
             if not path.is_file():
-                raise DataError(f"{key}={override}: no such file")
+                raise DataError(f"{inp.override}={explicit}: no such file")
             return path
-        path = self.run_dir / producer / filename
+        path = artifact.path(self.run_dir, **fields)
         if not path.is_file():
             raise DataError(
-                f"{self.stage}: no input ({path} does not exist); run the {producer} stage first or set {key}=FILE"
+                f"{self.stage}: no input ({path} does not exist); run the {artifact.stage} stage first "
+                f"or set {inp.override}=FILE"
             )
         return path
 
-    def teacher(self) -> "TeacherClient":
-        return self.resources.teacher()
+    def model_source(self, artifact: Artifact = MODEL) -> str:
+        """A model to load for inference: the input's config key (dir or HF id) if set, else
+        ``artifact`` (the trained model dir) in this run dir."""
+        inp = self.spec.input(artifact)
+        explicit = _select(self.cfg, inp.override)
+        if explicit:
+            return str(explicit)
+        path = artifact.path(self.run_dir)
+        if not path.is_dir():
+            raise DataError(f"{self.stage}: no model ({path} does not exist); run the train stage first "
+                            f"or set {inp.override}=DIR_OR_HF_ID")
+        return str(path)
+
+    def endpoint(self, role: str) -> "LLMClient":
+        if role not in self.spec.endpoints:
+            raise RuntimeError(f"stage {self.stage} does not declare the {role!r} endpoint")
+        return self.resources.endpoint(role)
+
+    def teacher(self) -> "LLMClient":
+        return self.endpoint("teacher")
+
+    def write_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """``<stage>/stats.json`` with the common header (schema version, stage, seconds so far)."""
+        from alpacare.data.jsonl import write_json_atomic
+
+        full = {"schema_version": STATS_SCHEMA_VERSION, "stage": self.stage,
+                "seconds": round(time.perf_counter() - self.started, 1), **stats}
+        write_json_atomic(self.dir / STATS_FILE, full)
+        return full

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from alpacare.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from alpacare.data.jsonl import read_jsonl, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
 from alpacare.rouge import FilterResult, greedy_filter, pairwise_filter
-from alpacare.stages import StageContext
+from alpacare.stages import INSTRUCTIONS, KEPT, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.dedup
     if cfg.mode not in FILTERS:
         raise ConfigError(f"dedup.mode: must be one of {sorted(FILTERS)}, got {cfg.mode!r}")
-    path = ctx.input_path(cfg.input, "dedup.input", "instructions", "instructions.jsonl")
+    path = ctx.input_path(INSTRUCTIONS)
     records = read_jsonl(path)
     instructions = instruction_texts(records, path)
     seeds = seed_instructions(ctx) if cfg.against_seeds else []
@@ -59,10 +59,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     out = ctx.dir
     stats = build_stats(result, path, bool(cfg.against_seeds), time.perf_counter() - started)
-    write_jsonl_atomic(out / "kept.jsonl", (records[i] for i in result.kept))
+    write_jsonl_atomic(KEPT.path(ctx.run_dir), (records[i] for i in result.kept))
     write_jsonl_atomic(out / "dropped.jsonl", dropped_records(records, result))
     plot = plot_similarity(out / "similarity.png", result)
-    write_json_atomic(out / "stats.json", stats)
+    ctx.write_stats(stats)
 
     ctx.tracker.log({f"dedup/{k}": v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     ctx.tracker.histogram("dedup/max_similarity", result.max_similarity, BIN_EDGES)

@@ -20,12 +20,12 @@ import random
 from collections import Counter
 from typing import Any
 
-from alpacare.data.jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
+from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.data.seeds import load_seed_tasks, seed_source
 from alpacare.llm.client import Completion, Request
 from alpacare.plots import bar_charts
 from alpacare.prompts.instructions import build_messages, parse_tasks, task_batch_schema
-from alpacare.stages import StageContext
+from alpacare.stages import INSTRUCTIONS, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "difficulties": dict(Counter(str(t["difficulty"]) for t in tasks)),
     }
     write_jsonl_atomic(ctx.dir / "rejects.jsonl", rejects)
-    write_jsonl_atomic(ctx.dir / "instructions.jsonl", tasks)
+    write_jsonl_atomic(INSTRUCTIONS.path(ctx.run_dir), tasks)
     plot = bar_charts(ctx.dir / "distribution.png", "Generated tasks",
                       {"type": stats["types"], "view": stats["views"], "difficulty": stats["difficulties"]},
                       ordered=("difficulty",))
-    write_json_atomic(ctx.dir / "stats.json", stats)
+    ctx.write_stats(stats)
     ctx.tracker.log({f"instructions/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
     ctx.tracker.image("instructions/distribution", plot)
     return {k: stats[k] for k in ("requests", "tasks_parsed", "tasks_kept", "rejects", "completion_tokens", "cost_usd")}

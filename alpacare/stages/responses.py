@@ -16,7 +16,7 @@ from alpacare.data.jsonl import AppendLog, read_jsonl, write_json_atomic, write_
 from alpacare.errors import DataError
 from alpacare.llm.client import Completion, Request
 from alpacare.prompts.responses import build_messages, has_input
-from alpacare.stages import StageContext
+from alpacare.stages import KEPT, TRAIN_SET, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _to_alpaca(record: dict[str, Any], output: str) -> dict[str, Any]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.responses
-    path = ctx.input_path(cfg.input, "responses.input", "dedup", "kept.jsonl")
+    path = ctx.input_path(KEPT)
     records = _load_instructions(path)
     teacher = ctx.teacher()
 
@@ -100,7 +100,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                  sum(a["completion_tokens"] for a in paid)), 6),
     }
     write_jsonl_atomic(ctx.dir / "failed.jsonl", failed)
-    write_json_atomic(ctx.dir / "train.json", examples)
-    write_json_atomic(ctx.dir / "stats.json", stats)
+    write_json_atomic(TRAIN_SET.path(ctx.run_dir), examples)
+    ctx.write_stats(stats)
     ctx.tracker.log({f"responses/{k}": v for k, v in stats.items()})
     return {k: stats[k] for k in ("instructions", "answered", "failed", "truncated_at_max_tokens", "completion_tokens", "cost_usd")}

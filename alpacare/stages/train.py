@@ -46,8 +46,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from alpacare import models
-from alpacare.data.jsonl import write_json_atomic
-from alpacare.errors import ConfigError
+from alpacare.errors import ConfigError, first_line
+from alpacare.prompts.alpaca import alpaca_chat_template
 from alpacare.sft import (
     ExampleRows,
     ResumableBatchSampler,
@@ -58,7 +58,7 @@ from alpacare.sft import (
     response_loss,
     tokenize_examples,
 )
-from alpacare.stages import StageContext
+from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_SET, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def build_strategy(trainer_cfg: DictConfig, model, model_cfg: DictConfig):
     try:
         return instantiate(strategy, **extra)
     except Exception as e:  # missing deepspeed, bad arguments: one line, not a traceback
-        raise ConfigError(f"trainer.strategy={strategy.get('_target_')}: {models._first_line(e)}") from None
+        raise ConfigError(f"trainer.strategy={strategy.get('_target_')}: {first_line(e)}") from None
 
 
 def build_logger(ctx: StageContext):
@@ -339,7 +339,7 @@ def build_trainer(cfg: DictConfig, ctx: StageContext, model, *, accumulate: int,
     except ConfigError:
         raise
     except Exception as e:  # e.g. accelerator=gpu without a GPU: Lightning's MisconfigurationException
-        raise ConfigError(f"trainer: {models._first_line(e)}") from None
+        raise ConfigError(f"trainer: {first_line(e)}") from None
 
 
 def checkpoint_to_resume(train_cfg: DictConfig, checkpoint_dir: Path) -> Optional[str]:
@@ -424,7 +424,7 @@ tunes LLaMA-family models on MedInstruct with Stanford Alpaca's recipe.
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg
     started = time.perf_counter()
-    data_path = ctx.input_path(cfg.train.data, "train.data", "responses", "train.json")
+    data_path = ctx.input_path(TRAIN_SET)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cfg.train.release_memory_to_os:
         return_freed_memory_to_os()
@@ -534,11 +534,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         base = str(models.resolve_model_path(cfg.model, cfg.cache_dir))
         merge = cfg.tuning.merge_adapter and cfg.tuning.method != "full"
         card = model_card(cfg, base=base, data_path=data_path, stats=stats, hparams=hparams, merged=merge)
-        models.save_model_dir(model, tokenizer, ctx.dir / "model", card=card, state_dict=state_dict)
+        # The saved tokenizer carries the prompt format the model was trained on, not the base's.
+        tokenizer.chat_template = alpaca_chat_template()
+        models.save_model_dir(model, tokenizer, MODEL.path(ctx.run_dir), card=card, state_dict=state_dict)
         if merge:
             merged_card = card.replace("library_name: peft", "library_name: transformers")
-            models.save_merged_model(ctx.dir / "model", ctx.dir / "model_merged", card=merged_card)
-        write_json_atomic(ctx.dir / "stats.json", stats)
+            models.save_merged_model(MODEL.path(ctx.run_dir), MERGED_MODEL.path(ctx.run_dir), card=merged_card)
+        ctx.write_stats(stats)
         ctx.tracker.summary({f"train/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
     trainer.strategy.barrier()
 
@@ -548,5 +550,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "steps": stats["steps"],
         "final_loss": stats["final_loss"],
         "tokens_per_s": stats["tokens_per_s"],
-        "model": str(ctx.dir / "model"),
+        "model": str(MODEL.path(ctx.run_dir)),
     }

@@ -1,0 +1,261 @@
+"""Stage 6, ``judge``: pairwise win rates against reference models, the paper's protocol.
+
+For each test set and each reference model (their released answers; alpacare/data/eval_sets.py),
+the judge (``judge=<endpoint preset>``) sees the instruction and the two answers twice, the
+reference first once and second once, and answers "Output (a)", "Output (b)" or "Tie" at
+temperature 0 (alpacare/prompts/judge.py). Scores and statistics: alpacare/winrates.py.
+
+Inputs: this run's ``predict/<test_set>.jsonl`` for each of ``judge.test_sets``, or
+``judge.predictions=FILE`` with ``judge.test_set=NAME`` (e.g. the released AlpaCare-7b
+generations: records with ``output`` or ``response``). Items align by position and instruction
+text; a mismatch fails before anything is judged.
+
+Paid work is never repeated: each verdict is appended to ``judge/requests.jsonl`` as it lands,
+keyed by the exact request (judge endpoint, model, prompt, sampling), and the endpoint's response
+cache serves any request seen before in any run. Outputs: ``verdicts.jsonl`` (every verdict, both
+orders, raw judge text), ``stats.json`` (``win_rates`` rows), ``win_rates.png`` (grouped bars as in
+the paper's Figure 2), and in W&B the table, the chart and a table of sample items.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from alpacare.data.eval_sets import EVAL_SETS, REFERENCE_MODELS, check_eval_set, load_items, load_reference
+from alpacare.data.fetch import resolve_data_file
+from alpacare.data.jsonl import AppendLog, read_records, write_jsonl_atomic
+from alpacare.errors import ConfigError, DataError
+from alpacare.llm.client import Completion, Request, endpoint_identity
+from alpacare.plots import win_rate_chart
+from alpacare.prompts import judge as judge_prompt
+from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
+from alpacare.winrates import ItemVerdicts, win_rate_row
+
+log = logging.getLogger(__name__)
+
+ORDERS = ("model_first", "reference_first")
+# Which system each label names, per order.
+_LABELS = {
+    "model_first": {"Output (a)": "model", "Output (b)": "reference", "Tie": "tie"},
+    "reference_first": {"Output (a)": "reference", "Output (b)": "model", "Tie": "tie"},
+}
+
+
+def check(cfg: Any) -> None:
+    """Before any stage runs: names known, predictions and reference files present."""
+    j = cfg.judge
+    unknown = [r for r in j.references if r not in REFERENCE_MODELS]
+    if unknown:
+        raise ConfigError(f"judge.references: unknown reference(s) {unknown}; choose from {list(REFERENCE_MODELS)}")
+    if not j.references:
+        raise ConfigError("judge.references: is empty")
+    for name in _test_sets(cfg):
+        if name not in EVAL_SETS:
+            raise ConfigError(f"judge: test set {name!r} has no released reference answers; "
+                              f"judge one of {sorted(EVAL_SETS)} (judge.test_set=NAME with judge.predictions=FILE)")
+        check_eval_set(name, "judge.test_set", cfg.cache_dir)
+        refs = _references(cfg, name)
+        if not refs:
+            raise ConfigError(f"judge.references: {name} has none of {list(j.references)}; it has {sorted(EVAL_SETS[name].references)}")
+        for ref in refs:
+            relpath = EVAL_SETS[name].references[ref].relpath
+            if resolve_data_file(relpath, cache_dir=cfg.cache_dir) is None:
+                raise DataError(f"{relpath}: reference answers of {ref} not found; run `alpacare-fetch`")
+
+
+def _test_sets(cfg: Any) -> list[str]:
+    if cfg.judge.predictions:
+        if not cfg.judge.test_set:
+            raise ConfigError("judge.predictions: set judge.test_set=NAME too (medinstruct, icliniq or alpaca_eval)")
+        return [str(cfg.judge.test_set)]
+    from alpacare.data.eval_sets import eval_set_name
+
+    return [eval_set_name(str(t)) for t in cfg.judge.test_sets]
+
+
+def _references(cfg: Any, test_set: str) -> list[str]:
+    return [r for r in cfg.judge.references if r in EVAL_SETS[test_set].references]
+
+
+# ---------------------------------------------------------------------------------------------
+# Aligning predictions with the test set
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalized(text: Any) -> str:
+    return " ".join(str(text or "").split())
+
+
+def load_predictions(path: Path, test_set: str, cache_dir: str, limit: Optional[int]) -> list[dict[str, Any]]:
+    """The predictions aligned with the test set's items: ``{**item, output}`` per item.
+
+    Our predict files carry ``index`` and may cover the first N items (``predict.limit``); other
+    files (released generations) must cover the whole test set. Instructions must match."""
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no predictions (empty file)")
+    items = load_items(test_set, cache_dir)
+    if all("index" in r for r in records):
+        if [r["index"] for r in records] != list(range(len(records))) or len(records) > len(items):
+            raise DataError(f"{path}: indices are not 0..{len(records) - 1} of {test_set}'s {len(items)} items")
+    elif len(records) != len(items):
+        raise DataError(f"{path}: {len(records)} predictions, but {test_set} has {len(items)} items")
+    aligned = []
+    for k, (item, r) in enumerate(zip(items, records)):
+        output = r.get("output", r.get("response"))
+        if not isinstance(output, str):
+            raise DataError(f"{path}: record {k + 1} has no output (or response) text")
+        if "instruction" not in r:
+            raise DataError(f"{path}: record {k + 1} has no instruction")
+        if _normalized(r["instruction"]) != _normalized(item["instruction"]):
+            raise DataError(f"{path}: record {k + 1}: instruction differs from {test_set} item {k} "
+                            f"({_normalized(r['instruction'])[:60]!r} vs {_normalized(item['instruction'])[:60]!r})")
+        if r.get("input") and _normalized(r["input"]) != _normalized(item["input"]):
+            raise DataError(f"{path}: record {k + 1}: input differs from {test_set} item {k}")
+        aligned.append({**item, "output": output.strip(), "generator": r.get("generator")})
+    return aligned[:limit] if limit is not None else aligned
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    test_set: str
+    reference: str
+    item: dict[str, Any]
+    model_output: str
+    reference_output: str
+
+
+def _request(pair: Pair, order: str, cfg: Any, response_format: Optional[dict]) -> Request:
+    a, b = (pair.model_output, pair.reference_output) if order == "model_first" else (pair.reference_output, pair.model_output)
+    return Request(
+        key=f"{pair.test_set}:{pair.reference}:{pair.item['index']}:{order}",
+        messages=judge_prompt.build_messages(pair.item["instruction"], pair.item["input"], a, b),
+        temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens,
+        response_format=response_format, nonce=f"judge:v{judge_prompt.PROMPT_VERSION}",
+    )
+
+
+def _response_format(cfg: Any) -> Optional[dict]:
+    if not cfg.structured_output:
+        return None
+    if cfg.schema_style == "llama_cpp":
+        return {"type": "json_object", "schema": judge_prompt.VERDICT_SCHEMA}
+    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": judge_prompt.VERDICT_SCHEMA, "strict": True}}
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg.judge
+    identity = endpoint_identity(cfg, cfg.base_url)
+    response_format = _response_format(cfg)
+
+    pairs: list[Pair] = []
+    skipped: list[str] = []
+    for test_set in _test_sets(ctx.cfg):
+        path = ctx.input_path(PREDICTIONS, test_set=test_set)
+        predictions = load_predictions(path, test_set, ctx.cfg.cache_dir, cfg.limit)
+        for ref in cfg.references:
+            if ref not in EVAL_SETS[test_set].references:
+                skipped.append(f"{test_set}/{ref}")
+                log.warning("judge: %s has no %s reference (it has %s); skipped", test_set, ref,
+                            sorted(EVAL_SETS[test_set].references))
+                continue
+            answers = load_reference(test_set, ref, predictions, ctx.cfg.cache_dir)
+            pairs += [Pair(test_set, ref, p, p["output"], a) for p, a in zip(predictions, answers)]
+
+    judged = [p for p in pairs if p.reference_output]
+    requests = {(id(p), order): _request(p, order, cfg, response_format) for p in judged for order in ORDERS}
+    hashes = {k: r.cache_key(cfg.name, cfg.model, identity) for k, r in requests.items()}
+
+    with AppendLog(ctx.dir / "requests.jsonl") as work:
+        done = {r["hash"] for r in work.records}
+        todo = [requests[k] for k in requests if hashes[k] not in done]
+        by_key = {r.key: hashes[k] for k, r in requests.items()}
+        log.info("judge: %d verdicts to ask (%d pairs x 2 orders), %d already in the work log",
+                 len(todo), len(judged), len(requests) - len(todo))
+        if todo:
+            client = ctx.endpoint("judge")
+            client.count_earlier_spend(work.records)
+
+            def record(request: Request, completion: Optional[Completion], error: str) -> None:
+                work.append({"hash": by_key[request.key], "key": request.key,
+                             "raw": completion.text if completion else "", "error": error,
+                             "finish_reason": completion.finish_reason if completion else "error",
+                             "cached": bool(completion and completion.cached),
+                             "prompt_tokens": completion.prompt_tokens if completion else 0,
+                             "completion_tokens": completion.completion_tokens if completion else 0})
+
+            client.run(todo, record, desc="judge")
+        replies = {r["hash"]: r for r in work.records}
+
+    verdicts, rows, samples = _score(ctx, judged, requests, hashes, replies)
+    empty_refs = len(pairs) - len(judged)
+    write_jsonl_atomic(VERDICTS.path(ctx.run_dir), verdicts)
+    chart = win_rate_chart(ctx.dir / "win_rates.png", rows, title=f"{_generator(judged)} vs references "
+                           f"(judge: {cfg.model}{', weak local judge' if cfg.launch_local else ''})")
+    stats = {
+        "judge": {"preset": cfg.name, "model": cfg.model, "endpoint": identity, "local": bool(cfg.launch_local),
+                  "prompt_version": judge_prompt.PROMPT_VERSION, "temperature": cfg.temperature,
+                  "strict_parsing": bool(cfg.strict_parsing)},
+        "weak_judge": bool(cfg.launch_local),
+        "win_rates": rows,
+        "pairs": len(judged),
+        "verdicts_requested": len(requests),
+        "empty_references_excluded": empty_refs,
+        "skipped": skipped,
+    }
+    ctx.write_stats(stats)
+    _log_to_wandb(ctx, rows, chart, samples)
+    headline = {f"{r['test_set']}/{r['reference']}": r["win_rate"] for r in rows}
+    return {"pairs": len(judged), "unparsed": sum(r["n_unparsed"] for r in rows), **headline,
+            **({"note": "weak local judge"} if cfg.launch_local else {})}
+
+
+def _generator(pairs: list[Pair]) -> str:
+    names = {p.item.get("generator") for p in pairs if p.item.get("generator")}
+    return names.pop() if len(names) == 1 else "model"
+
+
+def _score(ctx: StageContext, pairs: list[Pair], requests, hashes, replies) -> tuple[list, list, list]:
+    cfg = ctx.cfg.judge
+    verdicts, groups, samples = [], {}, []
+    for p in pairs:
+        per_order = {}
+        for order in ORDERS:
+            reply = replies.get(hashes[(id(p), order)], {})
+            label = judge_prompt.parse_verdict(reply.get("raw", ""), strict=bool(cfg.strict_parsing))
+            per_order[order] = _LABELS[order][label] if label else None
+            verdicts.append({"test_set": p.test_set, "reference": p.reference, "index": p.item["index"],
+                             "instruction": p.item["instruction"], "order": order, "verdict": per_order[order],
+                             "raw": reply.get("raw", ""), "error": reply.get("error", "")})
+        item = ItemVerdicts(per_order["model_first"], per_order["reference_first"], len(p.model_output), len(p.reference_output))
+        groups.setdefault((p.test_set, p.reference), []).append((p, item))
+        if len(samples) < cfg.samples_to_log:
+            samples.append([p.test_set, p.reference, p.item["instruction"], p.model_output, p.reference_output,
+                            str(per_order["model_first"]), str(per_order["reference_first"])])
+    rows = []
+    for (test_set, reference), members in groups.items():
+        items = [item for _, item in members]
+        row = win_rate_row(items, strict=bool(cfg.strict_parsing), bootstrap=cfg.bootstrap, seed=cfg.seed)
+        row = {"test_set": test_set, "reference": reference, **row,
+               "n_empty_outputs": sum(not p.model_output for p, _ in members)}
+        rows.append(row)
+    return verdicts, rows, samples
+
+
+def _log_to_wandb(ctx: StageContext, rows: list[dict], chart: Path, samples: list[list]) -> None:
+    columns = ["test_set", "reference", "win_rate", "se", "n", "n_unparsed", "tie_rate", "consistency",
+               "lc_win_rate", "lc_se", "model_len", "reference_len"]
+    ctx.tracker.table("judge/win_rates", columns, [[r[c] for c in columns] for r in rows])
+    ctx.tracker.image("judge/win_rates_chart", chart)
+    ctx.tracker.table("judge/samples", ["test_set", "reference", "instruction", "model", "reference_answer",
+                                        "verdict_model_first", "verdict_reference_first"], samples)
+    ctx.tracker.summary({f"judge/{r['test_set']}/{r['reference']}/win_rate": r["win_rate"] for r in rows}
+                        | {f"judge/{r['test_set']}/{r['reference']}/lc_win_rate": r["lc_win_rate"] for r in rows})

@@ -1,0 +1,146 @@
+"""Stage 5, ``predict``: the model answers the free-form test sets.
+
+Input: ``predict.model`` (a model dir, adapter dir or Hugging Face id), by default this run's
+``train/model``. Test sets by name (MedInstruct-test, iCliniq, AlpacaFarm; alpacare/data/eval_sets.py)
+or as files. Prompts are the Alpaca template the model was trained with; decoding is greedy unless
+``predict.do_sample=true``, and only the generated tokens are decoded (alpacare/inference.py).
+
+Resume: every finished batch is appended to ``predict/<test_set>.log.jsonl`` with a fingerprint
+of everything that decides the answers (model, backend, dtype, decoding); a run killed at any point
+and restarted on the same run dir generates only the missing items, and a changed setting is one
+clear error instead of a file that mixes two models. Outputs, written atomically once a test set
+is done: ``predict/<test_set>.jsonl`` (one record per item: index, id, instruction, input, output,
+generator, finish_reason, new_tokens) and ``stats.json`` (counts, speed, prompt and decoding settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from alpacare.data.eval_sets import check_eval_set, eval_set_name, load_items
+from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
+from alpacare.errors import DataError
+from alpacare.inference import Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, model_name
+from alpacare.prompts.alpaca import format_prompt
+from alpacare.stages import MODEL, PREDICTIONS, StageContext
+
+log = logging.getLogger(__name__)
+
+PROMPT_TEMPLATE = "alpaca"  # alpacare/prompts/alpaca.py, the template training used
+
+
+def check(cfg: Any) -> None:
+    """Before any stage runs: every test set is known (or a file) and its data is present."""
+    for spec in cfg.predict.test_sets:
+        check_eval_set(str(spec), "predict.test_sets", cfg.cache_dir)
+
+
+def decoding_of(cfg: Any) -> Decoding:
+    return Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p)
+
+
+def settings_fingerprint(source: str, cfg: Any) -> str:
+    """What decides the answers. Not the batch size (answers do not depend on it: tests/test_predict.py)
+    nor the limit (raising it extends a finished run)."""
+    settings = {"model": source, "backend": cfg.backend, "dtype": cfg.dtype, "template": PROMPT_TEMPLATE,
+                "decoding": decoding_of(cfg).__dict__, "seed": cfg.seed if cfg.do_sample else None}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_log(work: AppendLog, fingerprint: str) -> None:
+    stale = [r for r in work.records if r.get("fingerprint") != fingerprint]
+    if stale:
+        raise DataError(
+            f"{work.path}: written with another model or other decoding settings; to start this test set "
+            f"over delete that file, or use a new hydra.run.dir"
+        )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg.predict
+    source = ctx.model_source(MODEL)
+    generator = cfg.name or model_name(source)
+    decoding = decoding_of(cfg)
+    fingerprint = settings_fingerprint(source, cfg)
+    loaded: list[InferenceModel] = []
+
+    def model() -> InferenceModel:
+        if not loaded:
+            log.info("predict: loading %s", source)
+            loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device))
+        return loaded[0]
+
+    per_set: dict[str, dict[str, Any]] = {}
+    for spec in cfg.test_sets:
+        name = eval_set_name(str(spec))
+        items = load_items(str(spec), ctx.cfg.cache_dir)
+        if cfg.limit is not None:
+            items = items[: cfg.limit]
+        prompts = [format_prompt(it["instruction"], it["input"]) for it in items]
+        started = time.perf_counter()
+        with AppendLog(ctx.dir / f"{name}.log.jsonl") as work:
+            _check_log(work, fingerprint)
+            done = {r["index"] for r in work.records}
+            todo = [i for i in range(len(items)) if i not in done]
+            log.info("predict: %s, %d items, %d already answered", name, len(items), len(items) - len(todo))
+            if todo:
+                _answer(ctx, model, [prompts[i] for i in todo], todo, work, fingerprint, desc=f"predict {name}")
+            answers = {r["index"]: r for r in work.records}
+        seconds = time.perf_counter() - started
+        records = [{**it, "output": answers[it["index"]]["output"], "generator": generator,
+                    "finish_reason": answers[it["index"]]["finish_reason"],
+                    "new_tokens": answers[it["index"]]["new_tokens"]} for it in items]
+        write_jsonl_atomic(PREDICTIONS.path(ctx.run_dir, test_set=name), records)
+        new_tokens = sum(answers[i]["new_tokens"] for i in todo)
+        per_set[name] = {
+            "items": len(items),
+            "generated": len(todo),
+            "resumed": len(items) - len(todo),
+            "empty_outputs": sum(not r["output"].strip() for r in records),
+            "stopped_at_max_new_tokens": sum(r["finish_reason"] == "length" for r in records),
+            "mean_new_tokens": round(sum(r["new_tokens"] for r in records) / max(len(records), 1), 1),
+            "new_tokens_per_s": round(new_tokens / seconds, 1) if todo and seconds > 0 else None,
+        }
+    im = loaded[0] if loaded else None
+    stats = {
+        "model": source,
+        "generator": generator,
+        "test_sets": per_set,
+        "items": sum(s["items"] for s in per_set.values()),
+        "generated": sum(s["generated"] for s in per_set.values()),
+        "settings": {"template": PROMPT_TEMPLATE, "backend": cfg.backend, "batch_size": cfg.batch_size,
+                     "limit": cfg.limit, "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
+                     "fingerprint": fingerprint, **decoding.__dict__},
+    }
+    ctx.write_stats(stats)
+    ctx.tracker.log({f"predict/{name}/{k}": v for name, s in per_set.items() for k, v in s.items() if v is not None})
+    return {"items": stats["items"], "generated": stats["generated"], "generator": generator,
+            **{f"{name}_stopped_at_max": s["stopped_at_max_new_tokens"] for name, s in per_set.items()}}
+
+
+def _answer(ctx: StageContext, model, prompts: list[str], indices: list[int], work: AppendLog,
+            fingerprint: str, desc: str) -> None:
+    cfg = ctx.cfg.predict
+    bar = tqdm(total=len(prompts), desc=desc, unit="item", dynamic_ncols=True)
+
+    def record(batch: list[int], generations: list[Generation]) -> None:
+        for k, g in zip(batch, generations):
+            work.append({"index": indices[k], "output": g.text, "finish_reason": g.finish_reason,
+                         "new_tokens": g.new_tokens, "fingerprint": fingerprint})
+        bar.update(len(batch))
+
+    try:
+        if cfg.backend == "vllm":
+            generations = generate_vllm(ctx.model_source(MODEL), prompts, decoding_of(cfg), dtype=cfg.dtype,
+                                        merged_dir=ctx.dir / "vllm_merged_model", seed=cfg.seed)
+            record(list(range(len(prompts))), generations)
+        else:
+            generate(model(), prompts, decoding_of(cfg), batch_size=cfg.batch_size, on_batch=record, seed=cfg.seed)
+    finally:
+        bar.close()
