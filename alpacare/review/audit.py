@@ -15,7 +15,7 @@ CATEGORY_KEYS = {"correct": "correct", "partially correct": "partially_correct",
                  "unsafe": "unsafe"}
 FLAGGED = ("incorrect", "unsafe")
 
-TITLE = "Clinician audit of generated medical instructions"
+TITLE = "Clinician audit of model answers"
 INTRO = ("Each item is a task (instruction, and input when there is one) and the answer a model wrote. "
          "Judge the answer as a clinician would: correct (accurate and adequate for the task), "
          "partially correct (broadly right but incomplete, imprecise or with a minor error), "

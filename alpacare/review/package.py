@@ -201,6 +201,9 @@ def read_returned(path: str | Path, spec: Spec) -> Returned:
         raise DataError(f"{path}: empty file")
     if text.lstrip().startswith("{"):
         return _read_json(path, text, spec)
+    if text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+        raise DataError(f"{path}: this is the HTML form itself; open it in a browser, fill it in, press "
+                        f"\"Save answers\" and import the saved .json file")
     return _read_csv(path, text, spec, not_utf8)
 
 

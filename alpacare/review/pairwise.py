@@ -14,7 +14,7 @@ from alpacare.review.package import KEY_FORMAT, PAIRWISE, Package, check_all, wr
 from alpacare.review.sampling import align, load_outputs, system_name
 from alpacare.review.stats import cohen_kappa, fleiss_kappa, percent_agreement, proportion
 
-TITLE = "Blinded comparison of two answers"
+TITLE = "Blinded answer comparison"
 INTRO = ("Each item is a task and two answers, A and B, written by two different systems (which is which "
          "is hidden, and the order changes from item to item). Choose the answer you would rather give a "
          "patient or colleague: A, B, or tie when they are equally good (or equally bad). Judge medical "
