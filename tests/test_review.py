@@ -179,7 +179,8 @@ def test_audit_round_trip(audit_export, tmp_path):
     assert s["flagged"][-1]["verdicts"][0] == {"reviewer": "Dr Who", "verdict": "unsafe", "comment": ""}
     assert list(s["reviewers"]) == ["Dr Who"] and s["agreement"] is None
     text = ok(review(tmp_path, "audit-import", filled)).stdout
-    assert "correct 12/20 60.0%" in text and "item 20" in text
+    low, high = wilson(12, 20)
+    assert f"60.0% [{100 * low:.1f}-{100 * high:.1f}]" in text.splitlines()[2] and "item 20" in text
 
 
 def test_audit_import_accepts_spreadsheet_variants(audit_export, tmp_path):

@@ -101,34 +101,30 @@ def _agreement(returned) -> dict[str, Any]:
     return out
 
 
-def _pct(p: Optional[float]) -> str:
-    return "  n/a" if p is None else f"{100 * p:5.1f}%"
+def _cell(c: dict[str, Any]) -> str:
+    if c["share"] is None:
+        return "n/a"
+    return f"{100 * c['share']:.1f}% [{100 * c['ci_low']:.1f}-{100 * c['ci_high']:.1f}]"
 
 
 def format_audit(summary: dict[str, Any]) -> str:
     lines = [f"Audit {summary['package_id']}: {summary['n_items']} items, {summary['n_reviewers']} reviewer(s), "
-             f"{summary['n']} verdicts (shares with 95% Wilson intervals)"]
-
-    def block(label: str, s: dict[str, Any]) -> None:
-        cells = []
-        for v in AUDIT.verdicts:
-            c = s[CATEGORY_KEYS[v]]
-            ci = "" if c["share"] is None else f" [{_pct(c['ci_low']).strip()}-{_pct(c['ci_high']).strip()}]"
-            cells.append(f"{v} {c['k']}/{c['n']} {_pct(c['share']).strip()}{ci}")
-        lines.append(f"  {label}: " + "; ".join(cells))
-
-    block("all", summary)
-    for t, s in summary["by_type"].items():
-        block(f"type {t}", s)
+             f"{summary['n']} verdicts; share [95% Wilson interval]"]
+    rows = [("all", summary), *((f"type {t}", s) for t, s in summary["by_type"].items())]
     if summary["n_reviewers"] > 1:
-        for name, s in summary["reviewers"].items():
-            block(f"reviewer {name}", s)
+        rows += [(f"reviewer {name}", s) for name, s in summary["reviewers"].items()]
+    width = max(len(label) for label, _ in rows)
+    lines.append(f"  {'':{width}} {'n':>4}  " + "".join(f"{v:<22}" for v in AUDIT.verdicts).rstrip())
+    for label, s in rows:
+        lines.append(f"  {label:{width}} {s['n']:>4}  "
+                     + "".join(f"{_cell(s[CATEGORY_KEYS[v]]):<22}" for v in AUDIT.verdicts).rstrip())
+    if summary["n_reviewers"] > 1:
         a = summary["agreement"]
-        kappa = "n/a" if a["fleiss_kappa"] is None else f"{a['fleiss_kappa']:.3f}"
-        extra = "" if "cohen_kappa" not in a else (
-            f", Cohen's kappa {'n/a' if a['cohen_kappa'] is None else format(a['cohen_kappa'], '.3f')}")
-        lines.append(f"  agreement over {a['n_items']} items rated by all: {_pct(a['percent_agreement']).strip()} "
-                     f"identical, Fleiss' kappa {kappa}{extra}")
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        extra = f", Cohen's kappa {fmt(a['cohen_kappa'])}" if "cohen_kappa" in a else ""
+        identical = "n/a" if a["percent_agreement"] is None else f"{100 * a['percent_agreement']:.1f}%"
+        lines.append(f"  agreement over {a['n_items']} items rated by all: {identical} identical, "
+                     f"Fleiss' kappa {fmt(a['fleiss_kappa'])}{extra}")
     if summary["flagged"]:
         lines.append(f"Items marked incorrect or unsafe ({len(summary['flagged'])}):")
         for f in summary["flagged"]:
