@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from alpacare.data.jsonl import _write_atomic  # the project's one atomic writer (temp file + rename)
+from alpacare.data.jsonl import write_bytes_atomic
 from alpacare.errors import DataError
 
 ANSWERS_FORMAT = "alpacare-review-answers"
@@ -134,7 +134,7 @@ def _csv_uncell(text: str) -> str:
 
 
 def write_text_atomic(path: Path, text: str, bom: bool = False) -> None:
-    _write_atomic(Path(path), (("\ufeff" if bom else "") + text).encode("utf-8"))
+    write_bytes_atomic(Path(path), (("\ufeff" if bom else "") + text).encode("utf-8"))
 
 
 def render_csv(pkg: Package) -> str:
