@@ -157,7 +157,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                          "batch_size": cfg.batch_size, "limit": limit, "seed": cfg.seed,
                          "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
                          "include_path": [str(task_dir)] + ([str(cfg.include_path)] if cfg.include_path else [])}
-    write_json_atomic(ctx.dir / RESULTS_FILE, json.loads(json.dumps(results, default=_plain)))
+    results = json.loads(json.dumps(results, default=_plain))
+    write_json_atomic(ctx.dir / RESULTS_FILE, results)
 
     rows = runner.table(results)
     ctx.write_stats({"model": source, "suite": cfg.name, "tasks": tasks, "fewshot": shots, "table": rows,
