@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 TYPES = ["Open Q&A", "Text Generation", "Chat", "Rewrite", "Summarization", "Classification",
          "USMLE-style Q&A", "Multiple-choice Q&A", "Single-hop Reasoning", "Multi-hop Reasoning"]
@@ -34,6 +34,8 @@ class ServerState:
     delay_s: float = 0.0
     required_key: Optional[str] = None
     bad_json_every: int = 0  # every Nth task batch is cut off mid-JSON (a truncated response)
+    # Replaces the default answer to a non-task request: reply(request body) -> text (a test judge).
+    reply: Optional[Callable[[dict[str, Any]], str]] = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
     served: int = 0
@@ -127,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
             text = _batch(state, n_tasks)
         elif free_text:
             text = _free_text_batch(state, int(free_text.group(1)))
+        elif state.reply is not None:
+            text = state.reply(body)
         else:
             prompt = body["messages"][-1]["content"]
             text = f"Answer: {prompt.splitlines()[0][:120]} The key points are assessment, diagnosis and management."
