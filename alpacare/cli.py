@@ -59,6 +59,8 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         # rank: only rank 0 talks to LLM endpoints and writes data; every rank trains.
         stages = [s for s in stages if s.all_ranks]
     check_before_running(cfg, run_dir, stages)
+    if rank == 0:
+        _record_invocation(cfg, run_dir, stages)
     resources = Resources(cfg)
     summaries: dict[str, Any] = {}
     try:
@@ -74,15 +76,53 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
                 raise
             summary["seconds"] = round(time.perf_counter() - ctx.started, 1)
             tracker.summary(summary)
+            tracker.summary(_headline_metrics(run_dir, spec.name))
             tracker.finish()
             summaries[spec.name] = summary
             log.info("stage %s: done in %.1fs", spec.name, summary["seconds"])
     finally:
         ledgers = resources.ledgers()
         resources.close()
+        if rank == 0 and ledgers:
+            _write_ledgers(run_dir, ledgers)
     if rank == 0:
         _print_summary(run_dir, summaries, ledgers)
     return summaries
+
+
+def _record_invocation(cfg: DictConfig, run_dir: Path, stages: list[StageSpec]) -> None:
+    """One line per command on this run dir (Hydra overwrites .hydra/ each time): alpacare/rundir.py."""
+    from datetime import datetime, timezone
+
+    from alpacare.data.jsonl import AppendLog
+    from alpacare.rundir import INVOCATIONS_FILE
+    from alpacare.tracking import redact
+
+    with AppendLog(run_dir / INVOCATIONS_FILE) as record:
+        record.append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "stages": [s.name for s in stages], "overrides": list(HydraConfig.get().overrides.task),
+                       "config": redact(cfg)})
+
+
+def _write_ledgers(run_dir: Path, ledgers: dict[str, dict[str, Any]]) -> None:
+    from alpacare.data.jsonl import write_json_atomic
+    from alpacare.rundir import LEDGERS_FILE, ledgers as read_ledgers
+
+    write_json_atomic(run_dir / LEDGERS_FILE, {**read_ledgers(run_dir), **ledgers})
+
+
+def _headline_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
+    """The stage's headline metrics under stable W&B names, ``<stage>/<name>`` (alpacare/stats_schema.py)."""
+    from alpacare.stats_schema import StatsProblem, headline, read_stats
+
+    try:
+        stats = read_stats(run_dir, stage)
+    except StatsProblem:
+        return {}
+    if not stats:
+        return {}
+    return {f"{stage}/{k}": v for k, v in {**headline(stage, stats), "seconds": stats.get("seconds")}.items()
+            if v is not None}
 
 
 def check_before_running(cfg: DictConfig, run_dir: Path, stages: list[StageSpec]) -> None:
@@ -117,6 +157,9 @@ def _print_summary(run_dir: Path, summaries: dict[str, Any], ledgers: dict[str, 
         print(f"  {role + ' ledger':<13} requests={ledger['requests']}, cached={ledger['cached_requests']}, "
               f"failed={ledger['failed_requests']}, prompt_tokens={ledger['prompt_tokens']}, "
               f"completion_tokens={ledger['completion_tokens']}, cost_usd={ledger['cost_usd']}")
+    report = summaries.get("report", {}).get("html")
+    if report:
+        print(f"alpacare: report: {report}")
     sys.stdout.flush()
 
 

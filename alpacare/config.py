@@ -334,6 +334,22 @@ class BenchmarkConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The ``report`` stage: one page per run (report/report.md and a self-contained report.html)
+    with the paper's dataset analysis (alpacare/analysis.py) next to the seed set."""
+
+    # Alpaca JSON/JSONL to analyse; None = this run's responses/train.json, else dedup/kept.jsonl,
+    # else instructions/instructions.jsonl (whichever the run has, in that order).
+    data: Optional[str] = None
+    # Seed tasks for the side-by-side and the max ROUGE-L; None = instructions.seeds (and its fallbacks).
+    seeds: Optional[str] = None
+    # Bars in the topic and leading-word charts.
+    top_n: int = 15
+    # Leave the dataset analysis out (e.g. a judge-only run dir).
+    analysis: bool = True
+
+
+@dataclass
 class LoggerConfig:
     """Weights & Biases. Offline by default: no network; ``wandb sync`` uploads later."""
 
@@ -360,6 +376,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Where models, converted checkpoints, fetched data and the teacher's response cache live.
     cache_dir: str = "${oc.env:ALPACARE_CACHE_DIR,${oc.env:HOME}/.cache/alpacare}"
@@ -422,6 +439,7 @@ def validate(cfg: Any) -> None:
     _check(cfg.predict.dtype in ("auto", "float32", "bfloat16", "float16"), "predict.dtype",
            "must be auto, float32, bfloat16 or float16")
     _check(len(cfg.predict.test_sets) > 0, "predict.test_sets", "is empty")
+    _check(cfg.report.top_n > 0, "report.top_n", "must be positive")
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", "must be offline, online or disabled")
 
 

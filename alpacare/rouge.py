@@ -61,7 +61,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["tokenize", "rouge_l", "FilterResult", "greedy_filter", "pairwise_filter"]
+__all__ = ["tokenize", "rouge_l", "FilterResult", "greedy_filter", "pairwise_filter", "max_similarity_to"]
 
 # rouge_score/tokenize.py lowercases, replaces runs of [^a-z0-9] by a space, splits on
 # whitespace and keeps tokens matching ^[a-z0-9]+$: that is exactly the [a-z0-9] runs.
@@ -528,3 +528,33 @@ def _n_threads() -> int:
     import numba
 
     return max(1, int(numba.get_num_threads()))
+
+
+def max_similarity_to(instructions: Sequence[str], references: Sequence[str],
+                      progress: Optional[Callable[[int], None]] = None) -> FilterResult:
+    """Each instruction's exact maximum ROUGE-L F against ``references`` only (not against each
+    other): the greedy walk with only the references indexed and nothing kept, so no instruction
+    joins the index. ``nearest_seed[i]`` is the index of the closest reference. Used by the
+    report's dataset analysis (generated tasks vs the seed tasks)."""
+    t0 = time.perf_counter()
+    instructions, references, corpus = _prepare(instructions, references)
+    n_texts = len(corpus.off) - 1
+    post, post_start, post_len = _empty_index(corpus)
+    vocab_size = int(corpus.tok.max(initial=0)) + 1
+    ws = _new_workspace(n_texts, vocab_size, corpus.max_len, corpus.max_distinct)
+    keep = np.zeros(n_texts, dtype=np.bool_)
+    best = np.zeros(n_texts, dtype=np.float64)
+    best_j = np.full(n_texts, -1, dtype=np.int64)
+    counters = np.zeros(2, dtype=np.int64)
+    for j in range(corpus.n_seeds):
+        _index_text(j, corpus.feat, corpus.off, post, post_start, post_len)
+    for lo in range(corpus.n_seeds, n_texts, _CHUNK):
+        hi = min(lo + _CHUNK, n_texts)
+        # Threshold -1: every score (>= 0) is "above" it, so nothing is kept or indexed.
+        _greedy_chunk(lo, hi, -1.0, corpus.tok, corpus.feat, corpus.off, post, post_start, post_len,
+                      keep, best, best_j, counters, *ws)
+        if progress is not None:
+            progress(hi - lo)
+    stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]),
+             "seconds": round(time.perf_counter() - t0, 3)}
+    return _result("against_references", -1.0, keep, best, best_j, corpus, instructions, references, stats)

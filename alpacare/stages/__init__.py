@@ -52,12 +52,14 @@ INSTRUCTIONS = Artifact("instructions", "instructions.jsonl")
 KEPT = Artifact("dedup", "kept.jsonl")
 TRAIN_SET = Artifact("responses", "train.json")
 MODEL = Artifact("train", "model")
+TRAIN_METRICS = Artifact("train", "metrics.jsonl")
 MERGED_MODEL = Artifact("train", "model_merged")
 PREDICTIONS = Artifact("predict", "{test_set}.jsonl")
 VERDICTS = Artifact("judge", "verdicts.jsonl")
 WIN_RATES = Artifact("judge", STATS_FILE)
 BENCHMARK_RESULTS = Artifact("benchmark", "results.json")
 REPORT = Artifact("report", "report.md")
+REPORT_HTML = Artifact("report", "report.html")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("judge", inputs=(Input(PREDICTIONS, "judge.predictions", each="judge.test_sets"),),
               outputs=(VERDICTS, WIN_RATES), endpoints=("judge",)),
     StageSpec("benchmark", inputs=(Input(MODEL, "benchmark.model", kind="model"),), outputs=(BENCHMARK_RESULTS,)),
-    StageSpec("report", outputs=(REPORT,)),
+    StageSpec("report", outputs=(REPORT, REPORT_HTML)),
 )}
 STAGE_ORDER = tuple(STAGES)
 

@@ -132,6 +132,7 @@ def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: 
         "kept": kept,
         "dropped": total - kept,
         "kept_ratio": round(kept / total, 6),
+        "records_in": total, "records_out": kept,
         "threshold": result.threshold,
         "mode": result.mode,
         "against_seeds": against_seeds,

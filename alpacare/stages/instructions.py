@@ -118,6 +118,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "requests_cached": sum(r["cached"] for r in records),
         "tasks_parsed": sum(len(r["tasks"]) for r in records),
         "tasks_kept": len(tasks),
+        "records_out": len(tasks),
         "rejects": len(rejects),
         "reject_reasons": dict(Counter(x["reason"].split(" (")[0][:80] for x in rejects).most_common(10)),
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),

@@ -215,12 +215,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "verdicts_requested": len(requests),
         "empty_references_excluded": empty_refs,
         "skipped": skipped,
+        "records_in": len(judged), "records_out": len(verdicts),
+        **_spend(cfg, replies.values()),
     }
     ctx.write_stats(stats)
     _log_to_wandb(ctx, rows, chart, samples)
     headline = {f"{r['test_set']}/{r['reference']}": r["win_rate"] for r in rows}
     return {"pairs": len(judged), "unparsed": sum(r["n_unparsed"] for r in rows), **headline,
             **({"note": "weak local judge"} if cfg.launch_local else {})}
+
+
+def _spend(cfg: Any, replies) -> dict[str, Any]:
+    """Tokens of every verdict in the work log, and USD for those not served from the cache."""
+    from alpacare.llm.client import Ledger
+
+    replies = list(replies)
+    paid = [r for r in replies if not r.get("cached")]
+    ledger = Ledger(price_input_per_1m=cfg.price_input_per_1m, price_output_per_1m=cfg.price_output_per_1m)
+    return {"prompt_tokens": sum(r.get("prompt_tokens", 0) for r in replies),
+            "completion_tokens": sum(r.get("completion_tokens", 0) for r in replies),
+            "cost_usd": round(ledger.cost_of(sum(r.get("prompt_tokens", 0) for r in paid),
+                                             sum(r.get("completion_tokens", 0) for r in paid)), 6)}
 
 
 def _generator(pairs: list[Pair]) -> str:

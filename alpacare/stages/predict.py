@@ -114,6 +114,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "test_sets": per_set,
         "items": sum(s["items"] for s in per_set.values()),
         "generated": sum(s["generated"] for s in per_set.values()),
+        "records_in": sum(s["items"] for s in per_set.values()), "records_out": sum(s["items"] for s in per_set.values()),
         "settings": {"template": PROMPT_TEMPLATE, "backend": cfg.backend, "batch_size": cfg.batch_size,
                      "limit": cfg.limit, "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
                      "fingerprint": fingerprint, **decoding.__dict__},

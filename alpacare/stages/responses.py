@@ -91,6 +91,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "instructions": len(records),
         "answered": len(examples),
         "failed": len(failed),
+        "records_in": len(records), "records_out": len(examples),
         "resumed_answers": resumed,
         "cached_answers": sum(a["cached"] for a in answers.values()),
         "truncated_at_max_tokens": sum(a["finish_reason"] == "length" for a in answers.values()),

@@ -58,7 +58,8 @@ from alpacare.sft import (
     response_loss,
     tokenize_examples,
 )
-from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_SET, StageContext
+from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_METRICS, TRAIN_SET, StageContext
+from alpacare.metrics_log import MetricsFile
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +472,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     throughput = ThroughputStats()
     logger = build_logger(ctx)
     accumulate = gradient_accumulation(cfg.train, world_size)
-    trainer = build_trainer(cfg, ctx, model, accumulate=accumulate, callbacks=[checkpoints, throughput], logger=logger)
+    trainer = build_trainer(cfg, ctx, model, accumulate=accumulate, callbacks=[checkpoints, throughput, MetricsFile(TRAIN_METRICS.path(ctx.run_dir))], logger=logger)
     if trainer.world_size != world_size:
         raise ConfigError(f"trainer.devices={cfg.trainer.devices}: expected {world_size} processes, Lightning started {trainer.world_size}")
 
@@ -528,6 +529,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "train_seconds": round(throughput.wall_s, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "resumed_from": resume_from,
+        "records_in": len(records),
     }
     state_dict = full_state_dict(trainer, model)
     if trainer.is_global_zero:
