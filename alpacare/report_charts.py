@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from alpacare.plots import plt, save_figure
 
@@ -63,7 +64,7 @@ def top_chart(path: Path, data: dict[str, int], seeds: Optional[dict[str, int]],
         return None
     labels = list(data)
     y = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.9))
     h = 0.4 if seeds is not None else 0.7
     ax.barh(y - (h / 2 if seeds is not None else 0), [100 * data[k] / max(data_total, 1) for k in labels], h,
             color=DATA_COLOR, label=f"{data_name} (n={data_total})")
@@ -75,7 +76,7 @@ def top_chart(path: Path, data: dict[str, int], seeds: Optional[dict[str, int]],
     ax.set_xlabel("% of tasks")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45 / (0.32 * len(labels) + 1.4) - 0.08), ncols=2)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -90,16 +91,19 @@ def length_chart(path: Path, data: dict[str, list[int]], seeds: Optional[dict[st
         values = [v for v in data.get(f, [])] + [v for v in (seeds or {}).get(f, [])]
         top = max(np.percentile(values, 99), 5) if values else 5
         bins = np.linspace(0, top, 26)
-        for name, vals, color in ((data_name, data.get(f, []), DATA_COLOR), ("seeds", (seeds or {}).get(f, []), SEED_COLOR)):
+        for name, vals, color, style in ((data_name, data.get(f, []), DATA_COLOR, "stepfilled"),
+                                         ("seeds", (seeds or {}).get(f, []), SEED_COLOR, "step")):
             if vals:
                 clipped = np.clip(vals, 0, top)
                 weights = np.full(len(clipped), 100 / len(clipped))
-                ax.hist(clipped, bins=bins, weights=weights, alpha=0.55, color=color,
+                ax.hist(clipped, bins=bins, weights=weights, histtype=style, alpha=0.6 if style == "stepfilled" else 1.0,
+                        linewidth=2 if style == "step" else 0, color=color,
                         label=f"{name} (n={len(vals)}, median {np.median(vals):.0f})")
         ax.set_title(f"{f} length", fontsize=10)
-        ax.set_xlabel("words (last bin: 99th percentile and above)" if f == fields[0] else "words")
+        ax.set_xlabel("words")
         ax.set_ylabel("% of records")
         ax.legend(fontsize=7)
+    fig.suptitle("Lengths in words (values past the 99th percentile counted in the last bin)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -112,6 +116,7 @@ def rouge_chart(path: Path, sims: np.ndarray, edges: Sequence[float], threshold:
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"max ROUGE-L F of each instruction vs the {n_seeds} seed instructions")
     ax.set_ylabel("instructions")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Similarity to the seeds: {data_name} (n={len(sims)}, median {np.median(sims):.2f})", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

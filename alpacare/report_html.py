@@ -38,8 +38,9 @@ def note(text: str) -> Block:
     return Block("note", text)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> Block:
-    return Block("table", caption, headers=list(headers), rows=[list(r) for r in rows])
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "", compact: bool = False) -> Block:
+    """``compact``: a small table that may sit beside the next compact one in the HTML."""
+    return Block("table", caption, headers=list(headers), rows=[list(r) for r in rows], meta={"compact": compact})
 
 
 def image(path: Path, alt: str) -> Block:
@@ -113,6 +114,7 @@ nav a{margin-right:1em;color:#2b5797;text-decoration:none;white-space:nowrap}
 h2{font-size:1.25em;border-bottom:2px solid #e3e7ec;padding-bottom:.2em;margin-top:1.8em}
 h3{font-size:1.05em;margin:1.2em 0 .4em;color:#33414f}
 table{border-collapse:collapse;margin:.4em 0 1em;font-size:.88em}
+table.compact{display:inline-table;vertical-align:top;margin-right:22px}
 caption{caption-side:top;text-align:left;color:#5a6470;font-style:italic;padding-bottom:.3em}
 th,td{border:1px solid #dde2e8;padding:3px 8px;vertical-align:top}
 th{background:#f0f3f7;text-align:left;font-weight:600}
@@ -156,7 +158,7 @@ def to_html(title: str, subtitle: str, blocks: Sequence[Block]) -> str:
         elif b.kind == "code":
             out.append(f"<pre>{e(b.text)}</pre>")
         elif b.kind == "table":
-            rows = ["<table>"]
+            rows = ['<table class="compact">' if b.meta.get("compact") else "<table>"]
             if b.text:
                 rows.append(f"<caption>{e(b.text)}</caption>")
             rows.append("<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b.headers) + "</tr>")

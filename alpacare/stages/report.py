@@ -283,18 +283,6 @@ def analysis_blocks(path: Path, seed_source: str, data: Analysis, seed: Optional
         rows.append([f"max ROUGE-L vs seeds: median / mean / share > {DEDUP_THRESHOLD}",
                      f"{fmt(rv['median'])} / {fmt(rv['mean'])} / {percent(rv[f'share_above_{DEDUP_THRESHOLD}'])}", None])
     blocks.append(table(["", name, "seeds"], rows, "size, lengths and lexical diversity (rouge_score tokens)"))
-    for field, title in (("type", "task type"), ("view", "view"), ("difficulty", "difficulty")):
-        if d[field]:
-            blocks.append(_count_table(title, d[field], s.get(field) if s else None, d["records"], s.get("records")))
-    missing = d.get("types_missing_in_seeds")
-    if missing:
-        blocks.append(table(["task type absent from the seeds", "generated tasks"], list(missing.items())))
-    elif have_seeds and d["type"]:
-        blocks.append(p("Every task type of the dataset also occurs in the seed set."))
-    if d["leading_words"]:
-        blocks.append(_count_table("leading word", d["leading_words"], s.get("leading_words") if s else None,
-                                   d["records"], s.get("records"), top=True))
-
     made = [
         (charts.category_chart(out / "categories.png", d, s or None, name), "task type, view and difficulty: share of tasks"),
         (charts.top_chart(out / "topics.png", d["topic_top"], s.get("topic_top") if s else None,
@@ -308,7 +296,22 @@ def analysis_blocks(path: Path, seed_source: str, data: Analysis, seed: Optional
     if data.rouge is not None and rv:
         made.append((charts.rouge_chart(out / "rouge_vs_seeds.png", data.rouge, rv["histogram"]["edges"], DEDUP_THRESHOLD,
                                         name, rv["seeds"]), "max ROUGE-L of each instruction against the seeds"))
-    blocks += [image(path, alt) for path, alt in made if path is not None]
+    images = {path.stem: image(path, alt) for path, alt in made if path is not None}
+    blocks += [images[k] for k in ("categories",) if k in images]
+    missing = d.get("types_missing_in_seeds")
+    if missing:
+        blocks.append(table(["task type absent from the seeds", "tasks"], list(missing.items()),
+                            "tasks of types the seed set lacks"))
+    elif have_seeds and d["type"]:
+        blocks.append(p("Every task type of the dataset also occurs in the seed set."))
+    for field, title in (("type", "task type"), ("view", "view"), ("difficulty", "difficulty")):
+        if d[field]:
+            blocks.append(_count_table(title, d[field], s.get(field) if s else None, d["records"], s.get("records")))
+    blocks += [images[k] for k in ("topics", "leading_words") if k in images]
+    if d["leading_words"]:
+        blocks.append(_count_table("leading word", d["leading_words"], s.get("leading_words") if s else None,
+                                   d["records"], s.get("records"), top=True))
+    blocks += [images[k] for k in ("lengths", "rouge_vs_seeds") if k in images]
     return blocks
 
 
@@ -319,7 +322,7 @@ def _count_table(title: str, data: dict[str, int], seeds: Optional[dict[str, int
             + ([seeds.get(k, 0), percent(seeds.get(k, 0) / n_seeds if n_seeds else None)] if seeds is not None else [])
             for k in keys]
     headers = [title, "count", "share"] + (["seeds", "seed share"] if seeds is not None else [])
-    return table(headers, rows, f"most frequent {title}s" if top else f"tasks per {title}")
+    return table(headers, rows, f"most frequent {title}s" if top else f"tasks per {title}", compact=True)
 
 
 # ------------------------------------------------------------------------------- 4. Training
