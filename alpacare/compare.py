@@ -133,7 +133,9 @@ def chart(path: Path, rows, varying, metrics) -> Optional[Path]:
     """Each metric against the first varying parameter; one line per value of the others."""
     from alpacare.plots import plt, save_figure
 
-    metrics = [m for m in metrics if m != "seconds" or len(metrics) == 1] or metrics
+    # Metrics that do not move across the runs (the input size, say) stay in the table only.
+    moving = [m for m in metrics if m != "seconds" and len({r["metrics"].get(m) for r in rows}) > 1]
+    metrics = moving or [m for m in metrics if m != "seconds"] or metrics
     if not rows or not metrics:
         return None
     x_key = varying[0] if varying else None

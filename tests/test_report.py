@@ -1,0 +1,130 @@
+"""The report stage through the real CLI: a run with some stages has exactly their sections, it
+reanalyses an existing run alone, any dataset alone, and bad input is one line or a noted omission."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA, run_cli, teacher_args
+from tests.openai_server import OpenAITestServer
+from tests.test_judge import RELEASED, server_reply
+from tests.test_pipeline import assert_one_line_error
+
+needs_data = pytest.mark.skipif(not RELEASED.is_file(), reason="needs ../shared/alpacare-data")
+
+TITLES = {"run": "Run", "data": "Data", "analysis": "Dataset analysis", "training": "Training",
+          "predictions": "Predictions", "win_rates": "Win rates", "benchmarks": "Benchmarks",
+          "review": "Human review", "artifacts": "Artifacts"}
+
+
+def report_of(run_dir: Path) -> tuple[dict, str, str]:
+    stats = json.loads((run_dir / "report" / "stats.json").read_text())
+    return stats, (run_dir / "report" / "report.md").read_text(), (run_dir / "report" / "report.html").read_text()
+
+
+def h2s(md: str) -> list[str]:
+    return re.findall(r"^## (.+)$", md, flags=re.M)
+
+
+def assert_self_contained(html: str) -> None:
+    assert "<script" not in html and not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+@needs_data
+@pytest.mark.slow
+def test_report_has_exactly_the_sections_of_the_stages_that_ran(tmp_path, openai_server):
+    run_dir = tmp_path / "run"
+    # 1. Data stages against the loopback teacher, the report last.
+    proc = run_cli([*teacher_args(openai_server), "stages=[instructions,dedup,responses,report]", "instructions.count=12",
+                    "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.rstrip().splitlines()[-1] == f"alpacare: report: {run_dir / 'report' / 'report.html'}"
+    stats, md, html = report_of(run_dir)
+    assert stats["sections"] == ["run", "data", "analysis", "artifacts"] and stats["omitted"] == {}
+    assert h2s(md) == [TITLES[s] for s in stats["sections"]]
+    assert_self_contained(html)
+    assert "instructions.count=12" in md and "teacher.api_key" not in md
+    analysis = json.loads((run_dir / "report" / "analysis.json").read_text())
+    train = json.loads((run_dir / "responses" / "train.json").read_text())
+    assert analysis["dataset"] == str(run_dir / "responses" / "train.json") and analysis["data"]["records"] == len(train)
+    assert analysis["seed_set"]["records"] == 167
+    for png in ("categories", "topics", "lengths", "leading_words", "rouge_vs_seeds"):
+        assert (run_dir / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    # Consistent counts in every stage's stats.
+    for stage in ("instructions", "dedup", "responses"):
+        s = json.loads((run_dir / stage / "stats.json").read_text())
+        assert s["schema_version"] == 1 and s["stage"] == stage and s["seconds"] >= 0 and "records_out" in s
+
+    # 2. A small judge run on the same dir, then the report alone: the win-rate section joins.
+    with OpenAITestServer(reply=server_reply) as judge:
+        proc = run_cli(["stages=[judge]", "judge=openai_compatible", f"judge.base_url={judge.url}", "judge.model=test-judge",
+                        "judge.structured_output=false", f"judge.predictions={RELEASED}", "judge.test_set=medinstruct",
+                        "judge.limit=3", "judge.references=[gpt-4,claude-2]", "judge.bootstrap=20", "logger=none",
+                        f"hydra.run.dir={run_dir}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir / "review").mkdir()
+    (run_dir / "review" / "pairwise_summary.json").write_text(json.dumps(
+        {"kind": "pairwise", "systems": {"a": {"name": "model"}, "b": {"name": "gpt-4"}}, "n": 10, "wins_a": 4,
+         "wins_b": 5, "ties": 1, "win_rate": 0.45, "ci_low": 0.2, "ci_high": 0.7, "first_shown_preferred": 0.5}))
+    proc = run_cli(["stages=[report]", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats, md, html = report_of(run_dir)
+    assert stats["sections"] == ["run", "data", "analysis", "win_rates", "review", "artifacts"]
+    assert stats["stages_reported"] == ["instructions", "dedup", "responses", "judge"]
+    assert h2s(md) == [TITLES[s] for s in stats["sections"]]
+    judge_stats = json.loads((run_dir / "judge" / "stats.json").read_text())
+    assert judge_stats["records_in"] == 6 and judge_stats["prompt_tokens"] > 0  # 3 items x 2 references
+    row = next(r for r in judge_stats["win_rates"] if r["reference"] == "gpt-4")
+    assert f"{row['win_rate']:.1f}" in md and "test set \\ reference" in md
+    # The first command's overrides survive the report-only rerun (Hydra overwrote .hydra/).
+    assert "instructions.count=12" in md and "judge.test_set=medinstruct" in md
+    assert "45.0% [20.0, 70.0]" in md
+    assert_self_contained(html)
+
+
+def test_bad_input_is_one_line_or_a_noted_omission(tmp_path):
+    # A dir that is not a run: one line naming it.
+    empty = tmp_path / "empty"
+    proc = run_cli(["stages=[report]", "logger=none", f"hydra.run.dir={empty}"], tmp_path)
+    assert_one_line_error(proc, str(empty), "nothing to report")
+    # A dataset of the wrong shape: one line naming the file, before anything runs.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": [1, 2]}')
+    proc = run_cli(["stages=[report]", f"report.data={bad}", "logger=none", f"hydra.run.dir={tmp_path / 'r2'}"], tmp_path)
+    assert_one_line_error(proc, str(bad))
+    # A corrupt stats.json: that section left out with a note; the rest reported.
+    run_dir = tmp_path / "corrupt"
+    (run_dir / "dedup").mkdir(parents=True)
+    (run_dir / "dedup" / "stats.json").write_text('{"schema_version": 1, "total": ')
+    (run_dir / "train").mkdir()
+    (run_dir / "train" / "stats.json").write_text(json.dumps({"schema_version": 1, "stage": "train", "seconds": 3.0,
+                                                              "examples": 4, "steps": 2, "final_loss": 1.5}))
+    (run_dir / "train" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "train/loss": 2.0 - s / 4, "train/lr": 1e-4}) + "\n" for s in (1, 2)))
+    proc = run_cli(["stages=[report]", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    stats, md, html = report_of(run_dir)
+    assert stats["sections"] == ["run", "training", "artifacts"]
+    assert "dedup" in stats["omitted"] and "not valid JSON" in stats["omitted"]["dedup"]
+    assert "dedup: section left out" in md and str(run_dir / "dedup" / "stats.json") in md
+    assert (run_dir / "report" / "loss.png").is_file() and "1.5" in md
+
+
+@needs_data
+def test_any_dataset_alone(tmp_path):
+    seeds = SHARED_DATA / "med_seed.json"
+    run_dir = tmp_path / "alone"
+    proc = run_cli(["stages=[report]", f"report.data={seeds}", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats, md, html = report_of(run_dir)
+    assert stats["sections"] == ["run", "analysis", "artifacts"]
+    assert "| records | 167 | 167 |" in md
+    assert_self_contained(html)
