@@ -76,8 +76,9 @@ def top_chart(path: Path, data: dict[str, int], seeds: Optional[dict[str, int]],
     ax.set_xlabel("% of tasks")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45 / (0.32 * len(labels) + 1.4) - 0.08), ncols=2)
-    fig.tight_layout()
+    height = 0.32 * len(labels) + 1.9
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower center", ncols=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))  # room for the legend below the axis label
     return save_figure(fig, path)
 
 
@@ -132,7 +133,8 @@ def loss_chart(path: Path, rows: list[dict[str, Any]]) -> Optional[Path]:
     ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o" if len(pts) < 40 else None, markersize=3,
             color=DATA_COLOR, label="train loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (response tokens)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss (response tokens)", color=DATA_COLOR)
     ax.grid(alpha=0.3)
     lr = [(r["step"], r["train/lr"]) for r in rows if isinstance(r.get("train/lr"), (int, float))]
     if lr:
@@ -142,8 +144,6 @@ def loss_chart(path: Path, rows: list[dict[str, Any]]) -> Optional[Path]:
         ax2.tick_params(axis="y", colors=SEED_COLOR)
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.set_title(f"Training loss ({len(pts)} steps)", fontsize=10)
-    if len(pts) == 1:
-        ax.set_xticks([pts[0][0]])
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -37,7 +37,7 @@ from alpacare.data.jsonl import write_bytes_atomic, write_json_atomic
 from alpacare.errors import DataError
 from alpacare.report_html import Block, code, fmt, h2, h3, image, note, p, table, to_html, to_markdown
 from alpacare.stages import (
-    INSTRUCTIONS, KEPT, REPORT, REPORT_HTML, STAGE_ORDER, STAGES, TRAIN_METRICS, TRAIN_SET, VERDICTS, StageContext,
+    INSTRUCTIONS, KEPT, REPORT, REPORT_HTML, STAGE_ORDER, STAGES, STATS_FILE, TRAIN_METRICS, TRAIN_SET, VERDICTS, StageContext,
 )
 from alpacare.stats_schema import StatsProblem, read_stats
 
@@ -218,6 +218,13 @@ def dataset_path(ctx: StageContext) -> Optional[Path]:
         path = artifact.path(ctx.run_dir)
         if path.is_file():
             return path
+    # A stage that read the data from an explicit file (train.data=FILE, ...): that file.
+    for artifact in DATASET_ARTIFACTS:
+        for spec in STAGES.values():
+            for inp in spec.inputs:
+                explicit = inp.artifact == artifact and rundir.select(rundir.config(ctx.run_dir, spec.name), inp.override)
+                if explicit and (ctx.run_dir / spec.name / STATS_FILE).is_file() and Path(str(explicit)).expanduser().is_file():
+                    return Path(str(explicit)).expanduser()
     return None
 
 
