@@ -42,8 +42,17 @@ def test_default_pipeline_on_the_embedded_model(tmp_path):
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == len(proc_stages(proc))
     assert f"outputs in {run_dir}" in proc.stdout
     assert "weak local judge" in proc.stdout
-    for stage in ("instructions", "dedup", "responses", "train", "predict", "judge"):
+    for stage in ("instructions", "dedup", "responses", "train", "predict", "judge", "report"):
         assert any(line.strip().startswith(stage) for line in proc.stdout.splitlines()), stage
+    # The report comes last, with a section for every stage that ran, and its path is the last line.
+    report = json.loads((run_dir / "report" / "stats.json").read_text())
+    assert report["stages_reported"] == ["instructions", "dedup", "responses", "train", "predict", "judge", "benchmark"]
+    assert report["sections"] == ["run", "data", "analysis", "training", "predictions", "win_rates", "benchmarks",
+                                  "artifacts"] and report["omitted"] == {}
+    html = (run_dir / "report" / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') >= 8
+    assert proc.stdout.rstrip().splitlines()[-1] == f"alpacare: report: {run_dir / 'report' / 'report.html'}"
+    assert len(json.loads((run_dir / "train" / "metrics.jsonl").read_text().splitlines()[-1])) > 2
 
 
 def proc_stages(proc) -> list[str]:
