@@ -391,7 +391,9 @@ def win_rates_section(run_dir: Path, judge: Optional[dict[str, Any]], out: Path)
     jm = judge.get("judge") or {}
     blocks = [_section("Win rates"),
               p(f"Judge: {jm.get('model')} ({jm.get('preset')}), both answer orders; win 1, tie 0.5. "
-                "Cells: win rate % ± SE (n), then the length-controlled win rate.")]
+                "Cells: win rate % ± SE (n), then the length-controlled win rate."
+                + (f" Judge spend: {fmt(judge.get('prompt_tokens'))} prompt + {fmt(judge.get('completion_tokens'))} "
+                   f"completion tokens, {fmt(judge.get('cost_usd'))} USD." if "prompt_tokens" in judge else ""))]
     if judge.get("weak_judge"):
         blocks.append(note("weak local judge: these numbers exercise the machinery; use judge=gpt35_turbo (paper) to report"))
     test_sets = list(dict.fromkeys(r.get("test_set") for r in rows))
