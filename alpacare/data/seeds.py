@@ -29,10 +29,10 @@ from typing import Any, Iterable
 from alpacare.data.fetch import locate_data_file
 from alpacare.data.jsonl import read_jsonl
 from alpacare.errors import DataError
+from alpacare.prompts.alpaca import NO_INPUT, has_input
 
 SEED_FILE = "med_seed.json"
 STARTER_SEEDS_PATH = Path(__file__).with_name("starter_seeds.json")
-NO_INPUT = "<noinput>"
 TASK_FIELDS = ("type", "topic", "view", "difficulty", "instruction", "input")
 DIFFICULTY_RANGE = (1, 5)
 
@@ -185,10 +185,7 @@ def _normalize_input(value: Any, where: str) -> str:
         return NO_INPUT
     if not isinstance(value, str):
         raise DataError(f"{where}: input must be a string, got {type(value).__name__}")
-    text = value.strip()
-    if not text or text.lower() in {"<noinput>", "<no input>", "<none>"}:
-        return NO_INPUT
-    return text
+    return value.strip() if has_input(value) else NO_INPUT
 
 
 def validate_task(record: Any, where: str) -> dict[str, Any]:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-NO_INPUT = "<noinput>"
-
-
-def has_input(value: Optional[str]) -> bool:
-    return bool(value) and value.strip().lower() not in (NO_INPUT, "")
+from alpacare.prompts.alpaca import NO_INPUT, has_input  # noqa: F401  (the one no-input definition)
 
 
 def build_messages(instruction: str, task_input: Optional[str]) -> tuple[dict[str, str], ...]:
