@@ -34,6 +34,7 @@ class ServerState:
     delay_s: float = 0.0
     required_key: Optional[str] = None
     bad_json_every: int = 0  # every Nth task batch is cut off mid-JSON (a truncated response)
+    open_types: bool = False  # every third task has a type outside the paper's ten
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
     served: int = 0
@@ -41,11 +42,14 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _task(n: int) -> dict[str, Any]:
+OPEN_TYPES = ["Case report", "Translation", "Patient letter"]
+
+
+def _task(n: int, open_types: bool = False) -> dict[str, Any]:
     # Distinct words per n keep tasks far apart under ROUGE-L.
     a, b, c = WORDS[n % len(WORDS)], WORDS[(n * 7 + 3) % len(WORDS)], TOPICS[n % len(TOPICS)]
     return {
-        "type": TYPES[n % len(TYPES)],
+        "type": OPEN_TYPES[n // 3 % 3] if open_types and n % 3 == 0 else TYPES[n % len(TYPES)],
         "topic": c,
         "view": VIEWS[n % len(VIEWS)],
         "difficulty": n % 5 + 1,
@@ -58,17 +62,19 @@ def _batch(state: ServerState, n_tasks: int) -> str:
     with state.lock:
         start = next(state.counter) * n_tasks
         batch_no = start // max(n_tasks, 1)
-    text = json.dumps({"tasks": [_task(start + k) for k in range(n_tasks)]})
+    text = json.dumps({"tasks": [_task(start + k, state.open_types) for k in range(n_tasks)]})
     if state.bad_json_every and (batch_no + 1) % state.bad_json_every == 0:
         text = text[: len(text) // 2]
     return text
 
 
-def _free_text_batch(state: ServerState, n_tasks: int) -> str:
-    """The paper's format: numbered ``Field: value`` blocks separated by ###."""
+def _free_text_batch(state: ServerState, n_tasks: int, first: int = 1) -> str:
+    """The paper's format, as a teacher continues the prompt's list after "N. Type:": the first
+    task's type, then its other lines, then "###" and "N+1. Type: ..." for each further task."""
     tasks = json.loads(_batch(state, n_tasks))["tasks"]
-    return "\n###\n".join(
-        "\n".join(f"{i + 1}. {k.capitalize()}: {v}" for k, v in t.items()) for i, t in enumerate(tasks))
+    blocks = ["\n".join([f"{first + i}. Type: {t['type']}"] + [f"{k.capitalize()}: {v}" for k, v in t.items() if k != "type"])
+              for i, t in enumerate(tasks)]
+    return "\n###\n".join(blocks).split("Type: ", 1)[1]
 
 
 def _n_tasks(body: dict[str, Any]) -> Optional[int]:
@@ -122,11 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
         if state.delay_s:
             time.sleep(state.delay_s)
         n_tasks = _n_tasks(body)
-        free_text = re.search(r"write (\d+) new, different tasks in exactly this format", body["messages"][-1]["content"])
+        free_text = re.search(r"Write (\d+) new tasks by continuing the numbered list below \(tasks (\d+) to",
+                              body["messages"][-1]["content"])
         if n_tasks is not None:
             text = _batch(state, n_tasks)
         elif free_text:
-            text = _free_text_batch(state, int(free_text.group(1)))
+            text = _free_text_batch(state, int(free_text.group(1)), first=int(free_text.group(2)))
         else:
             prompt = body["messages"][-1]["content"]
             text = f"Answer: {prompt.splitlines()[0][:120]} The key points are assessment, diagnosis and management."
