@@ -26,7 +26,7 @@ from typing import Any
 from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.data.seeds import TASK_TYPES, load_seed_tasks, resolve_seed_file, seed_source
 from alpacare.fingerprint import check_settings, file_digest
-from alpacare.llm.client import Completion, Request, endpoint_identity
+from alpacare.llm.client import Completion, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.plots import bar_charts
 from alpacare.prompts.instructions import PROMPT_VERSION, build_messages, parse_tasks, task_batch_schema
 from alpacare.stages import INSTRUCTIONS, StageContext
@@ -78,9 +78,7 @@ def _generate(ctx: StageContext, seeds: list[dict], work: AppendLog) -> None:
                 r["reason"] += " (finish_reason=length)"
         work.append({
             "request": int(request.key), "raw": text, "tasks": tasks, "rejects": rejects,
-            "cached": bool(completion and completion.cached),
-            "prompt_tokens": completion.prompt_tokens if completion else 0,
-            "completion_tokens": completion.completion_tokens if completion else 0,
+            **work_log_usage(completion),
         })
 
     while parsed() < cfg.count:
@@ -136,7 +134,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         tasks, rejects = _collect(work, cfg.count)
         records = work.records
     paid = [r for r in records if not r["cached"]]
-    cost = ctx.teacher().ledger.cost_of(sum(r["prompt_tokens"] for r in paid), sum(r["completion_tokens"] for r in paid))
+    cost, possibly_billed = paid_cost(ctx.teacher().ledger, paid)
     stats = {
         "seed_tasks": len(seeds),
         "seed_source": source,
@@ -150,6 +148,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "cost_usd": round(cost, 6),
+        # Attempts sent and abandoned (timed out, cut off): a real API may have billed them; the
+        # cautious total counts them at their worst case (prompt + max_tokens).
+        "abandoned_attempts": sum(r.get("abandoned_attempts", 0) for r in records),
+        "cost_usd_possibly_billed": round(possibly_billed, 6),
         "types": dict(Counter(t["type"] for t in tasks)),
         # Tasks whose type is none of the paper's ten, kept as the teacher wrote it (closed_types=false).
         "open_type_tasks": sum(t["type"] not in TASK_TYPES for t in tasks),

@@ -18,7 +18,7 @@ from typing import Any
 from alpacare.data.jsonl import AppendLog, read_jsonl, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import DataError
 from alpacare.fingerprint import check_settings
-from alpacare.llm.client import Completion, Request, endpoint_identity
+from alpacare.llm.client import Completion, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.prompts.responses import PROMPT_VERSION, build_messages, has_input
 from alpacare.stages import KEPT, TRAIN_SET, StageContext
 
@@ -86,9 +86,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 "output": completion.text if completion else "",
                 "finish_reason": completion.finish_reason if completion else "error",
                 "error": error,
-                "cached": bool(completion and completion.cached),
-                "prompt_tokens": completion.prompt_tokens if completion else 0,
-                "completion_tokens": completion.completion_tokens if completion else 0,
+                **work_log_usage(completion),
             })
 
         log.info("responses: %d instructions, %d already answered", len(records), len(answered))
@@ -118,8 +116,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "truncated_excluded": len(truncated),
         "prompt_tokens": sum(a["prompt_tokens"] for a in answers.values()),
         "completion_tokens": sum(a["completion_tokens"] for a in answers.values()),
-        "cost_usd": round(teacher.ledger.cost_of(sum(a["prompt_tokens"] for a in paid),
-                                                 sum(a["completion_tokens"] for a in paid)), 6),
+        "cost_usd": round(paid_cost(teacher.ledger, paid)[0], 6),
+        "abandoned_attempts": sum(a.get("abandoned_attempts", 0) for a in answers.values()),
+        "cost_usd_possibly_billed": round(paid_cost(teacher.ledger, paid)[1], 6),
     }
     write_jsonl_atomic(ctx.dir / "failed.jsonl", failed)
     write_jsonl_atomic(ctx.dir / "truncated.jsonl", truncated)
