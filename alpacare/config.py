@@ -218,7 +218,8 @@ class TrainConfig:
     # Alpaca JSON training set; None = this run's responses stage output.
     data: Optional[str] = None
     epochs: int = 3  # paper (7B): 3; 13B: 5
-    # Stop after this many optimizer steps; -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
+    # Optimizer steps; > 0 overrides epochs (as max_steps does in the HF Trainer that Alpaca/AlpaCare
+    # use: the data is repeated as needed); -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
     # bounds the default CPU run to ~2.5 min at the measured ~170 LoRA tokens/s (2 epochs of ~20 examples).
     max_steps: int = 6
     # None = tuning.lr (the method's usual rate). Paper: 2e-5 (7B full), 1e-5 (13B full).
@@ -254,6 +255,9 @@ class TrainConfig:
     save_every_n_steps: int = 50
     # auto = continue from train/checkpoints/last.ckpt when it exists; never; or a checkpoint path.
     resume: str = "auto"
+    # A checkpoint made with other settings (data, base model, tuning, LoRA, lr, batch sizes, max
+    # length, precision...) is refused with one line naming the change; true continues it anyway.
+    allow_changed_settings: bool = False
     seed: int = 42  # HF TrainingArguments default, which Alpaca/AlpaCare keep
 
 
