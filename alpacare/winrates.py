@@ -113,8 +113,6 @@ def win_rate_row(items: Sequence[ItemVerdicts], *, strict: bool, bootstrap: int 
         "n": n,
         "n_unparsed": sum(v is None for item in items for v in (item.model_first, item.reference_first)),
         "n_dropped": len(items) - n,
-        "n_dropped_strict": sum(item.score(True) is None for item in items),
-        "n_dropped_lenient": sum(item.score(False) is None for item in items),
         "tie_rate": _round(100 * sum(v == "tie" for v in verdicts) / len(verdicts)) if verdicts else None,
         "consistency": _round(100 * sum(i.model_first == i.reference_first for i in both) / len(both)) if both else None,
         "lc_win_rate": _round(lc),
@@ -122,6 +120,11 @@ def win_rate_row(items: Sequence[ItemVerdicts], *, strict: bool, bootstrap: int 
         "model_len": _round(float(np.mean([i.model_len for i in judged]))) if judged else None,
         "reference_len": _round(float(np.mean([i.reference_len for i in judged]))) if judged else None,
     }
+
+
+def dropped(items: Sequence[ItemVerdicts], strict: bool) -> int:
+    """Items a rule cannot score (``items`` parsed with that rule)."""
+    return sum(item.score(strict) is None for item in items)
 
 
 def _round(x: Optional[float], digits: int = 2) -> Optional[float]:

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 TYPES = ["Open Q&A", "Text Generation", "Chat", "Rewrite", "Summarization", "Classification",
          "USMLE-style Q&A", "Multiple-choice Q&A", "Single-hop Reasoning", "Multi-hop Reasoning"]
@@ -54,6 +54,8 @@ class ServerState:
     # The server's own books: 200 replies delivered, and completions finished but never delivered.
     delivered: dict[str, int] = field(default_factory=lambda: {"replies": 0, "prompt_tokens": 0, "completion_tokens": 0})
     undelivered: dict[str, int] = field(default_factory=lambda: {"replies": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    # Replaces the default answer to a non-task request: reply(request body) -> text (a test judge).
+    reply: Optional[Callable[[dict[str, Any]], str]] = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
     served: int = 0
@@ -194,6 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
             text = _batch(state, n_tasks)
         elif free_text:
             text = _free_text_batch(state, int(free_text.group(1)), first=int(free_text.group(2)))
+        elif state.reply is not None:
+            text = state.reply(body)
         else:
             prompt = body["messages"][-1]["content"]
             text = f"Answer: {prompt.splitlines()[0][:120]} The key points are assessment, diagnosis and management."

@@ -112,13 +112,13 @@ def train_cfg(data: Path, cache_dir: Path, *overrides: str, model_dir: Path | No
 
 def run_train(cfg, run_dir: Path) -> dict:
     from alpacare.config import validate
-    from alpacare.stages import Resources, StageContext
+    from alpacare.stages import STAGES, Resources, StageContext
     from alpacare.stages.train import run
     from alpacare.tracking import Tracker
 
     validate(cfg)
     tracker = Tracker(cfg, run_dir, "train", "test", "test")
-    ctx = StageContext(cfg=cfg, run_dir=run_dir, stage="train", tracker=tracker, resources=Resources(cfg))
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, spec=STAGES["train"], tracker=tracker, resources=Resources(cfg))
     try:
         return run(ctx)
     finally:

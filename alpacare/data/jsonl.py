@@ -106,7 +106,7 @@ class AppendLog:
         self.close()
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -121,9 +121,9 @@ def _write_atomic(path: Path, payload: bytes) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    _write_atomic(Path(path), (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(Path(path), (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    _write_atomic(Path(path), ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    write_bytes_atomic(Path(path), ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))

@@ -32,7 +32,7 @@ from alpacare.llm.client import Completion, Request, endpoint_identity
 from alpacare.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
-from alpacare.winrates import ItemVerdicts, win_rate_row
+from alpacare.winrates import ItemVerdicts, dropped, win_rate_row
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             pairs += [Pair(test_set, ref, p, p["output"], a) for p, a in zip(predictions, answers)]
 
     judged = [p for p in pairs if p.reference_output]
-    requests = {(id(p), order): _request(p, order, cfg, response_format) for p in judged for order in ORDERS}
+    # Requests that share a long prefix go back to back, so a server that keeps the last prompt's KV
+    # cache (llama.cpp) reads it once: per item, the model-first prompts of every reference share
+    # everything up to the model's answer.
+    ordered = sorted(((p, order) for p in judged for order in ORDERS),
+                     key=lambda po: (po[0].test_set, po[0].item["index"], ORDERS.index(po[1])))
+    requests = {(id(p), order): _request(p, order, cfg, response_format) for p, order in ordered}
     hashes = {k: r.cache_key(cfg.name, cfg.model, identity) for k, r in requests.items()}
 
     with AppendLog(ctx.dir / "requests.jsonl") as work:
@@ -224,29 +229,34 @@ def _generator(pairs: list[Pair]) -> str:
 
 
 def _score(ctx: StageContext, pairs: list[Pair], requests, hashes, replies) -> tuple[list, list, list]:
+    """Verdicts parsed under both rules; rows scored under the configured one, with how many
+    items each rule drops."""
     cfg = ctx.cfg.judge
+    strict = bool(cfg.strict_parsing)
     verdicts, groups, samples = [], {}, []
     for p in pairs:
-        per_order = {}
+        per_rule: dict[bool, dict[str, Optional[str]]] = {True: {}, False: {}}
         for order in ORDERS:
             reply = replies.get(hashes[(id(p), order)], {})
-            label = judge_prompt.parse_verdict(reply.get("raw", ""), strict=bool(cfg.strict_parsing))
-            per_order[order] = _LABELS[order][label] if label else None
+            for rule in (True, False):
+                label = judge_prompt.parse_verdict(reply.get("raw", ""), strict=rule)
+                per_rule[rule][order] = _LABELS[order][label] if label else None
             verdicts.append({"test_set": p.test_set, "reference": p.reference, "index": p.item["index"],
-                             "instruction": p.item["instruction"], "order": order, "verdict": per_order[order],
+                             "instruction": p.item["instruction"], "order": order, "verdict": per_rule[strict][order],
                              "raw": reply.get("raw", ""), "error": reply.get("error", "")})
-        item = ItemVerdicts(per_order["model_first"], per_order["reference_first"], len(p.model_output), len(p.reference_output))
-        groups.setdefault((p.test_set, p.reference), []).append((p, item))
+        items = {rule: ItemVerdicts(v["model_first"], v["reference_first"], len(p.model_output), len(p.reference_output))
+                 for rule, v in per_rule.items()}
+        groups.setdefault((p.test_set, p.reference), []).append((p, items))
         if len(samples) < cfg.samples_to_log:
             samples.append([p.test_set, p.reference, p.item["instruction"], p.model_output, p.reference_output,
-                            str(per_order["model_first"]), str(per_order["reference_first"])])
+                            str(per_rule[strict]["model_first"]), str(per_rule[strict]["reference_first"])])
     rows = []
     for (test_set, reference), members in groups.items():
-        items = [item for _, item in members]
-        row = win_rate_row(items, strict=bool(cfg.strict_parsing), bootstrap=cfg.bootstrap, seed=cfg.seed)
-        row = {"test_set": test_set, "reference": reference, **row,
-               "n_empty_outputs": sum(not p.model_output for p, _ in members)}
-        rows.append(row)
+        row = win_rate_row([items[strict] for _, items in members], strict=strict, bootstrap=cfg.bootstrap, seed=cfg.seed)
+        rows.append({"test_set": test_set, "reference": reference, **row,
+                     "n_dropped_strict": dropped([items[True] for _, items in members], strict=True),
+                     "n_dropped_lenient": dropped([items[False] for _, items in members], strict=False),
+                     "n_empty_outputs": sum(not p.model_output for p, _ in members)})
     return verdicts, rows, samples
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from alpacare.review.cli import main
+
+sys.exit(main())
