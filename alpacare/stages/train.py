@@ -420,7 +420,9 @@ def full_state_dict(trainer: L.Trainer, model) -> Optional[dict]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     root = trainer.strategy.model
-    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Gathered to CPU from GPUs; on CPU, offloading is a no-op that crashes torch 2.13's FSDP (SIGSEGV in clone).
+    on_gpu = any(p.is_cuda for p in root.parameters())
+    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=on_gpu))
     prefix = next(name for name, child in trainer.lightning_module.named_children() if child is model) + "."
     return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
 
