@@ -12,7 +12,7 @@ Range checks that a type cannot express (a threshold in [0, 1], a positive count
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -326,13 +326,36 @@ class JudgeConfig(EndpointConfig):
 
 @dataclass
 class BenchmarkConfig:
-    """lm-eval benchmark suite (stage lands in its own issue)."""
+    """lm-eval benchmark suites on the model (``benchmark=<suite>``, conf/benchmark/; stage:
+    alpacare/stages/benchmark.py). Each suite file names its tasks and, per task, the shot count and
+    where that choice comes from (the paper, else InstructEval, else lm-eval's default)."""
 
-    name: str = "medical"
-    tasks: List[str] = field(default_factory=lambda: ["medqa_4options", "pubmedqa", "medmcqa", "headqa_en"])
-    num_fewshot: int = 0
+    # Suite name (conf/benchmark/<name>.yaml), for stats and W&B.
+    name: str = "smoke"
+    # lm-eval task or group names (alpacare_* tasks shipped in alpacare/benchmarks/tasks/, or tasks in
+    # benchmark.include_path). Empty = the stage does nothing (benchmark=none).
+    tasks: List[str] = field(default_factory=lambda: ["alpacare_smoke_mcq", "alpacare_smoke_meqsum"])
+    # Shots per task or group, set by the suite; a group's count applies to each subtask.
+    fewshot: Dict[str, int] = field(default_factory=dict)
+    # One shot count for every task, overriding the suite's; None = the suite's per-task counts.
+    num_fewshot: Optional[int] = None
+    # First N documents of each task (lm-eval's --limit); None = all.
     limit: Optional[int] = None
-    # Model dir or HF id; None = this run's train/model.
+    # lm-eval batch size: an integer or "auto" (largest that fits, for GPUs).
+    batch_size: Any = 8
+    max_batch_size: int = 64
+    # A folder of the user's own lm-eval task YAMLs (lm_eval --include_path).
+    include_path: Optional[str] = None
+    # auto = bf16 on a bf16-capable GPU, fp32 on CPU (alpacare/inference.py).
+    dtype: str = "auto"
+    device: str = "auto"
+    # hf = transformers through lm-eval's HFLM; vllm = lm-eval's vLLM backend (pip install 'alpacare[vllm]').
+    backend: str = "hf"
+    # Python, numpy, torch and few-shot sampler seeds (lm_eval --seed S sets all four to S).
+    seed: int = 1234
+    # Write lm-eval's per-sample log (benchmark/samples_<task>.jsonl).
+    log_samples: bool = False
+    # Model dir, adapter dir or HF id; None = this run's train/model.
     model: Optional[str] = None
 
 

@@ -28,7 +28,25 @@ def test_default_pipeline_on_the_embedded_model(tmp_path):
     model_dir = run_dir / "train" / "model"
     assert (model_dir / "README.md").exists()
     assert list(model_dir.glob("*.safetensors")) and not list(model_dir.glob("*.bin"))
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 4
+    # The saved tokenizer prompts with the Alpaca template it was trained on.
+    assert "### Response:" in json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template", "") \
+        or "### Response:" in (model_dir / "chat_template.jinja").read_text()
+    predictions = [json.loads(line) for line in (run_dir / "predict" / "medinstruct.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and all(p["generator"] == "run/model" for p in predictions)
+    judge = json.loads((run_dir / "judge" / "stats.json").read_text())
+    assert judge["weak_judge"] is True
+    rows = {r["reference"]: r for r in judge["win_rates"]}
+    assert set(rows) == {"text-davinci-003", "gpt-3.5-turbo", "gpt-4", "claude-2"}
+    # The embedded judge answers through a JSON schema: every verdict parses.
+    assert all(r["n"] == 4 and r["n_unparsed"] == 0 and 0 <= r["win_rate"] <= 100 for r in rows.values())
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == len(proc_stages(proc))
     assert f"outputs in {run_dir}" in proc.stdout
-    for stage in ("instructions", "dedup", "responses", "train"):
+    assert "weak local judge" in proc.stdout
+    for stage in ("instructions", "dedup", "responses", "train", "predict", "judge"):
         assert any(line.strip().startswith(stage) for line in proc.stdout.splitlines()), stage
+
+
+def proc_stages(proc) -> list[str]:
+    """The stages the run's closing summary lists."""
+    lines = proc.stdout.split("outputs in", 1)[1].splitlines()[1:]
+    return [ln.split()[0] for ln in lines if ln.startswith("  ") and "ledger" not in ln]

@@ -15,7 +15,8 @@ an explicit path > ``$ALPACARE_DATA_DIR/<relpath>`` > ``<cache_dir>/data/<relpat
 ``cache_dir`` defaulting to ``$ALPACARE_CACHE_DIR`` or ``~/.cache/alpacare`` (the same default
 as ``Config.cache_dir``).
 
-Console script: ``alpacare-fetch [--dest DIR] [--base-url URL] [--only PATTERN ...]``.
+Console script: ``alpacare-fetch [--dest DIR] [--base-url URL] [--only PATTERN ...]``;
+``alpacare-fetch benchmarks [--tasks T ...]`` fetches the benchmark datasets (alpacare/benchmarks/data.py).
 """
 
 from __future__ import annotations
@@ -350,6 +351,11 @@ def _summary(results: Sequence[FetchResult], dest: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["benchmarks"]:  # alpacare-fetch benchmarks [--tasks ...]: alpacare/benchmarks/data.py
+        from alpacare.benchmarks.data import main as fetch_benchmarks_main
+
+        return fetch_benchmarks_main(argv[1:])
     args = _build_parser().parse_args(argv)
     if args.list:
         for released in select_files(None):
