@@ -293,6 +293,8 @@ class PredictConfig:
     # auto = cuda when available, else cpu.
     device: str = "auto"
     seed: int = 0
+    # See instructions.allow_changed_settings: continue answers made under other settings.
+    allow_changed_settings: bool = False
 
 
 @dataclass

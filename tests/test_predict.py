@@ -99,7 +99,7 @@ def test_predict_writes_aligned_records_and_resumes_after_kill(tmp_path, tiny_mo
 
     # Another model on the same run dir is refused rather than mixed in.
     proc = run_cli([*args, "predict.max_new_tokens=8"], tmp_path)
-    assert_one_line_error(proc, "medinstruct.log.jsonl: written with another model or other decoding settings")
+    assert_one_line_error(proc, "predict.max_new_tokens: 48 -> 8", "predict.allow_changed_settings=true")
 
 
 @needs_data

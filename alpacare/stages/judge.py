@@ -28,7 +28,7 @@ from alpacare.data.eval_sets import EVAL_SETS, REFERENCE_MODELS, check_eval_set,
 from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import AppendLog, read_records, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
-from alpacare.llm.client import Completion, Request, endpoint_identity
+from alpacare.llm.client import Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
@@ -193,12 +193,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 work.append({"hash": by_key[request.key], "key": request.key,
                              "raw": completion.text if completion else "", "error": error,
                              "finish_reason": completion.finish_reason if completion else "error",
-                             "cached": bool(completion and completion.cached),
-                             "prompt_tokens": completion.prompt_tokens if completion else 0,
-                             "completion_tokens": completion.completion_tokens if completion else 0})
+                             **work_log_usage(completion)})
 
             client.run(todo, record, desc="judge")
         replies = {r["hash"]: r for r in work.records}
+    current = [replies[h] for h in hashes.values() if h in replies]
+    paid = [r for r in current if not r["cached"]]
+    received_usd, possibly_billed_usd = paid_cost(Ledger(cfg.price_input_per_1m, cfg.price_output_per_1m), paid)
 
     verdicts, rows, samples = _score(ctx, judged, requests, hashes, replies)
     empty_refs = len(pairs) - len(judged)
@@ -214,6 +215,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "pairs": len(judged),
         "verdicts_requested": len(requests),
         "empty_references_excluded": empty_refs,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in current),
+        "completion_tokens": sum(r["completion_tokens"] for r in current),
+        "cached_verdicts": sum(r["cached"] for r in current),
+        "cost_usd": round(received_usd, 6),
+        "cost_usd_possibly_billed": round(possibly_billed_usd, 6),
         "skipped": skipped,
     }
     ctx.write_stats(stats)
