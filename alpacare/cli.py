@@ -156,7 +156,11 @@ def _print_summary(run_dir: Path, summaries: dict[str, Any], ledgers: dict[str, 
     for role, ledger in ledgers.items():
         print(f"  {role + ' ledger':<13} requests={ledger['requests']}, cached={ledger['cached_requests']}, "
               f"failed={ledger['failed_requests']}, prompt_tokens={ledger['prompt_tokens']}, "
-              f"completion_tokens={ledger['completion_tokens']}, cost_usd={ledger['cost_usd']}")
+              f"completion_tokens={ledger['completion_tokens']}, cost_usd={ledger['cost_usd']}; "
+              # Sent but never received (timed out, cut off): a real API may bill them.
+              f"abandoned={ledger['abandoned_requests']} (up to {ledger['abandoned_prompt_tokens']} prompt + "
+              f"{ledger['abandoned_completion_tokens']} completion tokens), "
+              f"cost_usd_possibly_billed={ledger['cost_usd_possibly_billed']}")
     report = summaries.get("report", {}).get("html")
     if report:
         print(f"alpacare: report: {report}")

@@ -92,6 +92,15 @@ class InstructionsConfig:
     max_tokens: int = 3072
     # Give up after this many requests per wanted task-batch (a weak teacher may parse poorly).
     max_requests_factor: float = 3.0
+    # false (default, as the release): any task type the teacher writes is kept; the known spellings
+    # of the paper's ten types are normalized ("USMLE style Q&A" -> "USMLE-style Q&A") and the rest
+    # are kept as written and counted as such in stats.json (open_type_tasks). The release's prompt
+    # lists formats "etc." and its data README plots the top-20 types: that diversity is the point.
+    # true: only the paper's ten types (the schema and prompt say so; other types are rejects).
+    closed_types: bool = False
+    # Resume refuses a work log written with other settings (teacher, sampling, prompt: see
+    # alpacare/fingerprint.py); true continues it deliberately, mixing both in one dataset.
+    allow_changed_settings: bool = False
     seed: int = 0
 
 
@@ -116,11 +125,24 @@ class ResponsesConfig:
 
     # JSONL of instruction records; None = this run's dedup stage output.
     input: Optional[str] = None
-    # The paper's teacher for responses is gpt-3.5-turbo with default sampling (temperature 1.0).
+    # plain (default): the bare task as a user would write it, no system prompt; what a user of the
+    # tuned model should get, and what a small local teacher (the default) answers best.
+    # paper: the release's system prompt (medical expert, reasoning before the final answer, "The
+    # answer is (X)." for multiple choice), alpacare/prompts/responses.py; experiment=paper_data.
+    prompt: str = "plain"
+    # The paper's teacher for responses is gpt-3.5-turbo; the release samples at temperature 1.0,
+    # top_p 1.0, presence_penalty 1.5 (experiment=paper_data). Default: no presence penalty, which
+    # pushes away from words already written and so from consistent terminology in long answers.
     temperature: float = 1.0
     top_p: float = 1.0
+    presence_penalty: float = 0.0
     # Long enough for a full clinical answer; AlpaCare's answers average ~250 tokens.
     max_tokens: int = 1024
+    # Answers cut at max_tokens (finish_reason "length") go to truncated.jsonl, not train.json:
+    # training appends EOS, so the student would learn to stop mid-answer. true keeps them.
+    keep_truncated: bool = False
+    # See instructions.allow_changed_settings.
+    allow_changed_settings: bool = False
 
 
 @dataclass
@@ -196,7 +218,8 @@ class TrainConfig:
     # Alpaca JSON training set; None = this run's responses stage output.
     data: Optional[str] = None
     epochs: int = 3  # paper (7B): 3; 13B: 5
-    # Stop after this many optimizer steps; -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
+    # Optimizer steps; > 0 overrides epochs (as max_steps does in the HF Trainer that Alpaca/AlpaCare
+    # use: the data is repeated as needed); -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
     # bounds the default CPU run to ~2.5 min at the measured ~170 LoRA tokens/s (2 epochs of ~20 examples).
     max_steps: int = 6
     # None = tuning.lr (the method's usual rate). Paper: 2e-5 (7B full), 1e-5 (13B full).
@@ -232,6 +255,9 @@ class TrainConfig:
     save_every_n_steps: int = 50
     # auto = continue from train/checkpoints/last.ckpt when it exists; never; or a checkpoint path.
     resume: str = "auto"
+    # A checkpoint made with other settings (data, base model, tuning, LoRA, lr, batch sizes, max
+    # length, precision...) is refused with one line naming the change; true continues it anyway.
+    allow_changed_settings: bool = False
     seed: int = 42  # HF TrainingArguments default, which Alpaca/AlpaCare keep
 
 
@@ -267,6 +293,8 @@ class PredictConfig:
     # auto = cuda when available, else cpu.
     device: str = "auto"
     seed: int = 0
+    # See instructions.allow_changed_settings: continue answers made under other settings.
+    allow_changed_settings: bool = False
 
 
 @dataclass
@@ -406,6 +434,7 @@ def validate(cfg: Any) -> None:
     _check(cfg.instructions.tasks_per_request >= 1, "instructions.tasks_per_request", "must be >= 1")
     _check(cfg.instructions.max_tokens > 0, "instructions.max_tokens", "must be positive")
     _check(cfg.responses.max_tokens > 0, "responses.max_tokens", "must be positive")
+    _check(cfg.responses.prompt in ("plain", "paper"), "responses.prompt", f"must be plain or paper, got {cfg.responses.prompt!r}")
     _check(0.0 <= cfg.dedup.threshold <= 1.0, "dedup.threshold", f"must be in [0, 1], got {cfg.dedup.threshold}")
     _check(cfg.dedup.mode in ("greedy", "pairwise"), "dedup.mode", f"must be greedy or pairwise, got {cfg.dedup.mode!r}")
     for role in ("teacher", "judge"):

@@ -200,6 +200,25 @@ def ensure_pad_token(tokenizer, wanted: Optional[str] = None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def frozen_base_dtype(method: str, precision: str):
+    """The dtype the student's weights are loaded (and merged) in.
+
+    Full tuning: fp32, the master weights the optimizer updates (Lightning's mixed precision
+    computes in bf16/fp16 from them, and "-true" precisions cast the whole module). LoRA/QLoRA: the
+    frozen base in the trainer's precision (bf16 for "bf16-mixed"/"bf16-true", fp16 for "16-*"),
+    since nothing updates it: a 7B base is ~14 GB instead of ~28 GB in fp32. The adapter weights
+    stay fp32 (peft upcasts them: ``autocast_adapter_dtype``)."""
+    import torch
+
+    if method == "full":
+        return torch.float32
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
 def load_model(
     model_cfg: Any,
     tuning_cfg: Any,
@@ -209,13 +228,16 @@ def load_model(
     device: str = "cpu",
     fsdp: bool = False,
     gradient_checkpointing: bool = False,
+    precision: str = "32-true",
 ):
-    """The student ready to train: full weights, or frozen (4-bit for QLoRA) base + LoRA adapter."""
+    """The student ready to train: full weights, or frozen (4-bit for QLoRA) base + LoRA adapter,
+    the frozen base in the trainer's precision (``frozen_base_dtype``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model_cfg, cache_dir)
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": model_cfg.attn_implementation}
+    base_dtype = frozen_base_dtype(tuning_cfg.method, precision)
+    kwargs: dict[str, Any] = {"dtype": base_dtype, "attn_implementation": model_cfg.attn_implementation}
     if tuning_cfg.method == "qlora":
         check_bitsandbytes_usable(device)
         kwargs["quantization_config"] = bnb_quantization_config(tuning_cfg, fsdp=fsdp)
@@ -242,6 +264,13 @@ def load_model(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if base_dtype != torch.float32:
+            # prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32; as the QLoRA
+            # reference (qlora.py) does, keep the norms there but put the embeddings and the output
+            # layer (frozen, vocab x hidden each) back in the training precision.
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if module is not None:
+                    module.to(base_dtype)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if tuning_cfg.method in ("lora", "qlora"):
@@ -337,14 +366,15 @@ def save_model_dir(model, tokenizer, dest: Path, *, card: str, state_dict: Optio
     return dest
 
 
-def save_merged_model(adapter_dir: Path, dest: Path, *, card: str) -> Path:
+def save_merged_model(adapter_dir: Path, dest: Path, *, card: str, dtype=None) -> Path:
     """Base + adapter merged into plain weights. The base is reloaded unquantized (QLoRA recipe:
-    merging into 4-bit weights would round the update away); peft resizes it for added tokens."""
+    merging into 4-bit weights would round the update away), in ``dtype`` (the training precision,
+    ``frozen_base_dtype``; fp32 when None); peft resizes it for added tokens."""
     import torch
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32)
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype or torch.float32)
     merged = model.merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     return save_model_dir(merged, tokenizer, dest, card=card)

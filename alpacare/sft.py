@@ -2,9 +2,10 @@
 
 1. ``load_alpaca_records``: read the records and check their fields (one DataError line naming the
    file and the record).
-2. ``tokenize_examples``: Alpaca prompt + response + EOS. Only response tokens (and the EOS) are
-   learned; prompt labels are -100. Examples longer than ``max_length`` are cut on the right and
-   counted; one whose prompt alone fills ``max_length`` has nothing to learn and is dropped.
+2. ``tokenize_examples``: Alpaca prompt + response + EOS, tokenized together as Alpaca's train.py
+   does. Only response tokens (and the EOS) are learned; prompt labels are -100. Examples longer
+   than ``max_length`` are cut on the right and counted; one whose prompt alone fills
+   ``max_length``, or whose output is empty, has nothing to learn and is dropped and counted.
 3. ``ResumableBatchSampler``: which examples form each micro-batch. Shuffled per epoch from the
    seed; optionally grouped by length (little padding) or packed (no padding); sharded over ranks;
    and stateful: ``ResumableDataLoader`` exposes its position as ``state_dict``, which Lightning
@@ -81,20 +82,36 @@ class TokenizeStats:
     examples: int = 0
     truncated: int = 0  # cut to max_length (the tail of the response, and its EOS, are lost)
     dropped: int = 0  # prompt alone >= max_length: no response token left to learn
+    empty_outputs: int = 0  # output empty or blank: nothing to learn but EOS; dropped
+    # Prompt and response tokenized together merged across the boundary (the prompt's tokens are
+    # not a prefix of the pair's): labels start after the tokens the two share.
+    boundary_merged: int = 0
     tokens: int = 0
 
 
 def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: int) -> tuple[list[Example], TokenizeStats]:
-    """Prompt and response are tokenized separately and concatenated, so the response starts at an
-    exact token boundary (the same one the model sees at inference, after the bare prompt)."""
-    prompts = [format_prompt(r["instruction"], r.get("input")) for r in records]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
+    """Prompt and response are tokenized together, as Alpaca's train.py (which AlpaCare runs) does,
+    and the prompt alone gives where the labels start.
 
-    stats = TokenizeStats()
+    Tokenizing the response on its own would make it start with a word-initial token: with the
+    SentencePiece tokenizer of LLaMA-1/2, "The" alone is "▁The", but right after "### Response:"
+    it is "The". The model would learn a first token that the joint text, and the inference
+    prompt, never lead to. Jointly, the prompt's tokens are those the model sees at inference
+    (``tokenizer(format_prompt(...))``), and the labels are the tokens that follow them in the
+    pair (tests/test_fidelity.py checks both on a SentencePiece LLaMA tokenizer)."""
+    kept = [r for r in records if r["output"].strip()]
+    stats = TokenizeStats(empty_outputs=len(records) - len(kept))
+    prompts = [format_prompt(r["instruction"], r.get("input")) for r in kept]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"] if kept else []
+    pair_ids = tokenizer([p + r["output"] for p, r in zip(prompts, kept)], add_special_tokens=True)["input_ids"] if kept else []
+
     examples = []
-    for prompt, response in zip(prompt_ids, response_ids):
-        ids = prompt + response + [tokenizer.eos_token_id]
+    for prompt, pair in zip(prompt_ids, pair_ids):
+        if pair[: len(prompt)] != prompt:
+            stats.boundary_merged += 1
+            shared = next((i for i, (a, b) in enumerate(zip(prompt, pair)) if a != b), min(len(prompt), len(pair)))
+            prompt = prompt[:shared]
+        ids = pair + [tokenizer.eos_token_id]
         if len(ids) > max_length:
             stats.truncated += 1
             if len(prompt) >= max_length:
@@ -162,8 +179,13 @@ class ResumableBatchSampler(Sampler):
         pack_to: Optional[int] = None,
         rank: int = 0,
         world_size: int = 1,
+        learned: Optional[Sequence[int]] = None,
+        accumulate: int = 1,
     ):
         self.rows = pack_rows(lengths, pack_to) if pack_to else [(i,) for i in range(len(lengths))]
+        # Response tokens per row, to tell each micro-batch how many its optimizer step learns.
+        self.row_learned = [sum(learned[i] for i in row) for row in self.rows] if learned is not None else None
+        self.accumulate = accumulate
         self.row_lengths = [sum(lengths[i] for i in row) for row in self.rows]
         self.batch_size = batch_size
         self.seed = seed
@@ -217,10 +239,39 @@ class ResumableBatchSampler(Sampler):
             skip = self._resume[1]
         self._resume = None
         self.batches_done = skip
-        for batch in self.global_batches()[skip:]:
-            mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        batches = self.global_batches()
+        step_tokens = self.step_tokens(batches)
+        for k in range(skip, len(batches)):
+            mine = batches[k][self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             self.batches_done += 1
-            yield [self.rows[r] for r in mine]
+            if step_tokens is None:
+                yield [self.rows[r] for r in mine]
+            else:
+                yield [Row(self.rows[r], step_tokens[k]) for r in mine]
+
+    def step_tokens(self, batches: list[list[int]]) -> Optional[list[int]]:
+        """For each global batch of the epoch, the response tokens of its optimizer step: Lightning
+        steps after every ``accumulate`` micro-batches and after the last one of the epoch."""
+        if self.row_learned is None:
+            return None
+        per_batch = [sum(self.row_learned[r] for r in b) for b in batches]
+        a = self.accumulate
+        return [sum(per_batch[(k // a) * a : (k // a + 1) * a]) for k in range(len(batches))]
+
+
+class Row(tuple):
+    """A row of example indices that also carries its optimizer step's response-token count."""
+
+    def __new__(cls, indices: Sequence[int], step_tokens: int):
+        row = super().__new__(cls, indices)
+        row.step_tokens = step_tokens
+        return row
+
+
+class RowExamples(list):
+    """A row's examples, with the step's response-token count (see ``Row``)."""
+
+    step_tokens: Optional[int] = None
 
 
 class ResumableDataLoader(DataLoader):
@@ -248,7 +299,9 @@ class ExampleRows(Dataset):
         return len(self.examples)
 
     def __getitem__(self, row: tuple[int, ...]) -> list[Example]:
-        return [self.examples[i] for i in row]
+        examples = RowExamples(self.examples[i] for i in row)
+        examples.step_tokens = getattr(row, "step_tokens", None)
+        return examples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +337,9 @@ def collate_rows(rows: Sequence[Sequence[Example]], pad_token_id: int) -> dict[s
         "num_tokens": int(attention_mask.sum()),  # useful (non-pad) tokens, for tokens/s
         "num_examples": sum(len(row) for row in rows),
     }
+    step_tokens = getattr(rows[0], "step_tokens", None) if rows else None
+    if step_tokens is not None:  # response tokens of this micro-batch's whole optimizer step
+        batch["step_tokens"] = step_tokens
     if any(len(row) > 1 for row in rows):
         batch["position_ids"] = position_ids
     else:
@@ -298,9 +354,25 @@ def collate_rows(rows: Sequence[Sequence[Example]], pad_token_id: int) -> dict[s
 LOSS_CHUNK_TOKENS = 1024  # logits of at most this many tokens exist at once (~200 MB at 49k vocab)
 
 
-def response_loss(model, batch: dict[str, Any]) -> torch.Tensor:
+def learned_tokens(example: Example) -> int:
+    """Tokens the loss learns in ``example``: the response and EOS (the first token is never a target)."""
+    return len(example) - max(example.prompt_length, 1)
+
+
+def step_loss(loss_sum: torch.Tensor, step_tokens: int, accumulate: int, world_size: int) -> torch.Tensor:
+    """A micro-batch's share of the optimizer step's loss: its summed token losses over the response
+    tokens of the whole step (all micro-batches, all ranks), as transformers normalizes since 4.46.
+
+    Lightning divides what training_step returns by ``accumulate`` and DDP/FSDP average gradients
+    over ranks; both are undone here, so the step's gradient is that of the mean over every
+    response token of the step, whatever the batching (random, length-grouped or packed)."""
+    return loss_sum * (accumulate * world_size / max(step_tokens, 1))
+
+
+def response_loss(model, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over the response tokens: the same value as the model's own
-    ``labels=`` loss (mean over labels != -100), computed without the full logits tensor.
+    ``labels=`` loss (mean over labels != -100), computed without the full logits tensor
+    (``reduction="sum"``: the sum, for ``step_loss``).
 
     The output layer runs only on positions whose next token is learned (the response, not the
     prompt or padding), in chunks whose logits are recomputed in backward instead of stored.
@@ -321,7 +393,7 @@ def response_loss(model, batch: dict[str, Any]) -> torch.Tensor:
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, y in zip(hidden.split(LOSS_CHUNK_TOKENS), targets.split(LOSS_CHUNK_TOKENS)):
         total = total + torch.utils.checkpoint.checkpoint(_cross_entropy_sum, head, h, y, use_reentrant=False)
-    return total / targets.numel()
+    return total if reduction == "sum" else total / targets.numel()
 
 
 def _cross_entropy_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

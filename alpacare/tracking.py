@@ -35,11 +35,30 @@ def redact(obj: Any) -> Any:
 
 
 def process_rank() -> int:
-    """This process's global rank in a distributed run (0 when alone), from the variables that
-    torchrun, Lightning's launcher and SLURM set; read before any process group exists."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").strip().isdigit():
-            return int(os.environ[var])
+    """This process's global rank in a distributed run (0 when alone), read before any process
+    group exists, the way Lightning's cluster environments read it:
+
+    1. ``RANK``: torchrun / TorchElastic set the global rank;
+    2. ``LOCAL_RANK`` (and ``NODE_RANK`` or ``GROUP_RANK``): processes Lightning's own launcher
+       starts (LightningEnvironment). They inherit the parent's environment, SLURM's variables
+       included, so these come before ``SLURM_PROCID``, which is 0 in every one of them;
+    3. ``SLURM_PROCID`` when srun started the tasks (SLURMEnvironment.detect: ``SLURM_NTASKS`` set
+       and the job not named "bash" or "interactive", Lightning's interactive-mode rule).
+    """
+    env = os.environ
+    if env.get("RANK", "").strip().isdigit():
+        return int(env["RANK"])
+    if env.get("LOCAL_RANK", "").strip().isdigit():
+        local = int(env["LOCAL_RANK"])
+        node = env.get("NODE_RANK", env.get("GROUP_RANK", "0")).strip()
+        node_rank = int(node) if node.isdigit() else 0
+        if node_rank == 0:
+            return local
+        per_node = env.get("LOCAL_WORLD_SIZE", "").strip()
+        return node_rank * int(per_node) + local if per_node.isdigit() else node_rank + local  # > 0 either way
+    srun = "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    if srun and env.get("SLURM_PROCID", "").strip().isdigit():
+        return int(env["SLURM_PROCID"])
     return 0
 
 

@@ -11,10 +11,12 @@ from alpacare.config import validate
 from alpacare.errors import ConfigError
 from alpacare.tracking import redact
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+# conf/endpoint/ holds the presets that the teacher and judge groups compose; it is no group of its own.
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "endpoint")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
 # openai_compatible needs a URL and model from the user by design (??? in its yaml).
-NEEDS = {("teacher", "openai_compatible"): ["teacher.base_url=http://127.0.0.1:1/v1", "teacher.model=m"]}
+NEEDS = {(role, "openai_compatible"): [f"{role}.base_url=http://127.0.0.1:1/v1", f"{role}.model=m"]
+         for role in ("teacher", "judge")}
 
 
 def _compose(overrides: list[str]):
@@ -35,7 +37,8 @@ def test_option_composes_and_validates(group, option):
 
 def test_default_pipeline_and_paper_values():
     cfg = _compose([])
-    assert list(cfg.stages) == ["instructions", "dedup", "responses", "train"]
+    assert list(cfg.stages)[:6] == ["instructions", "dedup", "responses", "train", "predict", "judge"]
+    assert cfg.judge.name == "local" and list(cfg.judge.test_sets) == list(cfg.predict.test_sets) == ["medinstruct"]
     assert cfg.dedup.threshold == 0.7 and cfg.dedup.mode == "greedy"
     assert cfg.instructions.seeds_per_request == 3 and cfg.instructions.tasks_per_request == 12
     gpt4 = _compose(["teacher=gpt4"])
@@ -60,3 +63,19 @@ def test_redact_masks_secret_values_but_not_variable_names():
     assert out["wandb"]["token"] == "***" and out["nested"][0]["password"] == "***" and out["model"] == "gpt-4"
     # A tokenizer's special tokens are not secrets: W&B shows which pad token a run used.
     assert redact({"model": {"pad_token": "[PAD]"}})["model"]["pad_token"] == "[PAD]"
+
+
+@pytest.mark.parametrize("preset", sorted(f.stem for f in (CONF_DIR / "endpoint").glob("*.yaml")))
+def test_teacher_and_judge_pick_from_the_same_endpoint_presets(preset):
+    overrides = [f"teacher={preset}", f"judge={preset}", *NEEDS.get(("teacher", preset), []), *NEEDS.get(("judge", preset), [])]
+    cfg = _compose(overrides)
+    endpoint_keys = ("name", "model", "base_url", "launch_local", "api_key_env", "price_input_per_1m", "price_output_per_1m")
+    assert {k: cfg.teacher[k] for k in endpoint_keys} == {k: cfg.judge[k] for k in endpoint_keys}
+    validate(cfg)
+
+
+def test_paper_presets_judge_like_the_paper():
+    cfg = _compose(["experiment=paper_7b"])
+    assert cfg.judge.model == "gpt-3.5-turbo" and cfg.judge.temperature == 0.0
+    assert list(cfg.predict.test_sets) == ["medinstruct", "icliniq", "alpaca_eval"] and cfg.predict.limit is None
+    assert list(cfg.judge.references) == ["text-davinci-003", "gpt-3.5-turbo", "gpt-4", "claude-2"]

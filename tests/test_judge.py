@@ -253,3 +253,20 @@ def test_logistic_fit_recovers_known_coefficients():
     y = (rng.random(diff.size) < p).astype(float)
     b0, b1 = fit_length_logistic(diff, y)
     assert b0 == pytest.approx(0.4, abs=0.05) and b1 == pytest.approx(1.5, abs=0.1)
+
+
+@needs_data
+def test_judge_spend_cap_stops_cleanly_and_keeps_paid_verdicts(tmp_path):
+    with OpenAITestServer(reply=server_reply) as server:
+        args = judge_args(server, tmp_path / "run", "judge.price_input_per_1m=100", "judge.max_cost_usd=0.5",
+                          "judge.max_concurrency=1")
+        proc = run_cli(args, tmp_path)
+        assert proc.returncode == 3, proc.stderr[-2000:]
+        assert_one_line_error(proc, "judge.max_cost_usd=0.5")
+        paid = len(server.state.requests)
+        assert 0 < paid < N_ITEMS * len(REFERENCES) * 2
+        logged = (tmp_path / "run" / "judge" / "requests.jsonl").read_text().splitlines()
+        assert len(logged) == paid  # every paid verdict is kept for the next run
+        proc = run_cli([*args[:-2], "judge.max_cost_usd=100"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert len(server.state.requests) == N_ITEMS * len(REFERENCES) * 2  # nothing asked twice

@@ -99,7 +99,7 @@ def test_predict_writes_aligned_records_and_resumes_after_kill(tmp_path, tiny_mo
 
     # Another model on the same run dir is refused rather than mixed in.
     proc = run_cli([*args, "predict.max_new_tokens=8"], tmp_path)
-    assert_one_line_error(proc, "medinstruct.log.jsonl: written with another model or other decoding settings")
+    assert_one_line_error(proc, "predict.max_new_tokens: 48 -> 8", "predict.allow_changed_settings=true")
 
 
 @needs_data
@@ -119,3 +119,24 @@ def test_user_test_set_file_and_bad_names(tmp_path, tiny_model_dir):
                           "predict.model=/nowhere/model: no such model directory")
     assert_one_line_error(run_cli(["stages=[predict]", "logger=none", f"hydra.run.dir={tmp_path / 'empty'}"], tmp_path),
                           "predict: needs train/model", "predict.model=PATH")
+
+
+def test_adapter_dirs_load_merged_and_answer_like_the_adapter(tmp_path, tiny_model_dir):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alpacare.inference import load_for_inference
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+
+    im = load_for_inference(str(adapter), "predict.model")
+    assert im.adapter and not isinstance(im.model, PeftModel)  # merged once, plain weights
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), adapter).eval()
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.inference_mode():
+        torch.testing.assert_close(im.model(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)

@@ -39,7 +39,8 @@ def test_free_text_blocks_with_multiline_input_and_missing_fields():
 
 
 def test_prompt_shows_examples_and_asks_for_the_batch():
-    (message,) = build_messages([GOOD] * 3, 12, structured=True)
+    system, message = build_messages([GOOD] * 3, 12, structured=True)
+    assert system["role"] == "system" and "diverse" in system["content"]
     assert "Now write 12 new" in message["content"] and message["content"].count("Answer the question.") == 3
     assert task_batch_schema(12, bounded=False)["properties"]["tasks"] == {
         "type": "array", "items": task_batch_schema(12)["properties"]["tasks"]["items"]}

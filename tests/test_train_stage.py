@@ -195,7 +195,7 @@ def test_resume_continues_with_the_same_step_schedule_and_data(tmp_path, data, c
 def test_resume_refuses_a_checkpoint_from_other_data(tmp_path, data, cache_dir, tiny_model_dir):
     run_train(train_cfg(data, cache_dir, "train.max_steps=1", model_dir=tiny_model_dir), tmp_path / "run")
     other = write_records(tmp_path / "other.json", RECORDS[:4])
-    with pytest.raises(ConfigError, match="train.resume: the checkpoint was trained on other data"):
+    with pytest.raises(ConfigError, match=r"train.resume: the checkpoint was made with other settings \(train.data: sha256:"):
         run_train(train_cfg(other, cache_dir, "train.max_steps=2", model_dir=tiny_model_dir), tmp_path / "run")
     fresh = run_train(train_cfg(other, cache_dir, "train.max_steps=2", "train.resume=never", model_dir=tiny_model_dir),
                       tmp_path / "run")

@@ -5,9 +5,11 @@ A seed task has six fields, as in the released ``med_seed.json``::
     {type, topic, view, difficulty, instruction, input}
 
 The released file spells task types and views freely ("Rewrites", "USMLE style Q&A",
-"Patient's Perspective", "Expert (Physician)"...). We map them onto the paper's ten task types
-and a small set of canonical views, so that sampling and reporting by type or view count each
-task once. A type we cannot place is an error (a typo would silently skew the type mix); a view
+"Patient's Perspective", "Expert (Physician)"...). We map the known variants onto the paper's ten
+task types and a small set of canonical views, so that sampling and reporting by type or view
+count each task once. Any other type is kept as written (whitespace and stray punctuation
+trimmed): the release lets the teacher write any format, and that diversity is the point; with
+``closed_types`` (``instructions.closed_types=true``) an unknown type is an error instead. A view
 we cannot place becomes "Other", and the label as written is kept in ``view_raw`` whenever it
 differs from the canonical one (it is richer: "Radiologist" says more than "Clinician").
 
@@ -29,10 +31,10 @@ from typing import Any, Iterable
 from alpacare.data.fetch import locate_data_file
 from alpacare.data.jsonl import read_jsonl
 from alpacare.errors import DataError
+from alpacare.prompts.alpaca import NO_INPUT, has_input
 
 SEED_FILE = "med_seed.json"
 STARTER_SEEDS_PATH = Path(__file__).with_name("starter_seeds.json")
-NO_INPUT = "<noinput>"
 TASK_FIELDS = ("type", "topic", "view", "difficulty", "instruction", "input")
 DIFFICULTY_RANGE = (1, 5)
 
@@ -49,6 +51,9 @@ TASK_TYPES = (
     "Single-hop Reasoning",
     "Multi-hop Reasoning",
 )
+
+# An open task type longer than this is not a type name (a sentence the parser took for one).
+MAX_OPEN_TYPE_CHARS = 60
 
 # Spellings that do not reduce to a canonical type by _type_key alone (keys are _type_key form).
 _TYPE_ALIASES = {
@@ -128,12 +133,17 @@ def _type_key(label: str) -> str:
 _TYPE_BY_KEY = {_type_key(t): t for t in TASK_TYPES} | {_type_key(k): v for k, v in _TYPE_ALIASES.items()}
 
 
-def normalize_type(label: Any, where: str | None = None) -> str:
+def normalize_type(label: Any, where: str | None = None, closed: bool = True) -> str:
     """Map a task-type label ("Rewrites", "USMLE style Q&A", "Multi-hop reasoning") to a canonical type.
 
-    An unknown type raises DataError, prefixed with ``where`` (e.g. "med_seed.json: record 12").
+    An unknown type raises DataError, prefixed with ``where`` (e.g. "med_seed.json: record 12"),
+    unless ``closed`` is false: then it is kept as written, trimmed ("Case report", "Translation").
     """
     canonical = _TYPE_BY_KEY.get(_type_key(label)) if isinstance(label, str) else None
+    if canonical is None and not closed and isinstance(label, str):
+        written = " ".join(label.split()).strip(" .,:;*\"'`")
+        if written and len(written) <= MAX_OPEN_TYPE_CHARS:
+            return written
     if canonical is None:
         prefix = f"{where}: " if where else ""
         raise DataError(f"{prefix}unknown task type {label!r} (expected one of: {', '.join(TASK_TYPES)})")
@@ -185,16 +195,14 @@ def _normalize_input(value: Any, where: str) -> str:
         return NO_INPUT
     if not isinstance(value, str):
         raise DataError(f"{where}: input must be a string, got {type(value).__name__}")
-    text = value.strip()
-    if not text or text.lower() in {"<noinput>", "<no input>", "<none>"}:
-        return NO_INPUT
-    return text
+    return value.strip() if has_input(value) else NO_INPUT
 
 
-def validate_task(record: Any, where: str) -> dict[str, Any]:
+def validate_task(record: Any, where: str, closed_types: bool = True) -> dict[str, Any]:
     """Check one seed task and return a normalized copy.
 
-    The copy has exactly the six task fields (type and view canonical, difficulty an int 1-5,
+    The copy has exactly the six task fields (known types and views canonical, other types as
+    written unless ``closed_types``, difficulty an int 1-5,
     input ``"<noinput>"`` when empty or None), plus ``view_raw`` when the view was remapped.
     ``where`` prefixes every error, e.g. ``"med_seed.json: record 12"``.
     """
@@ -205,7 +213,7 @@ def validate_task(record: Any, where: str) -> dict[str, Any]:
         raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
     raw_view = _required_text(record, "view", where)
     task = {
-        "type": normalize_type(record["type"], where),
+        "type": normalize_type(record["type"], where, closed=closed_types),
         "topic": _required_text(record, "topic", where),
         "view": normalize_view(raw_view),
         "difficulty": _parse_difficulty(record["difficulty"], where),
@@ -243,13 +251,13 @@ def _read_task_list(path: Path) -> list[Any]:
     return data
 
 
-def read_seed_file(path: str | Path) -> list[dict[str, Any]]:
+def read_seed_file(path: str | Path, closed_types: bool = True) -> list[dict[str, Any]]:
     """Read and validate every task of one seed file; an empty file is an error."""
     path = Path(path)
     records = _read_task_list(path)
     if not records:
         raise DataError(f"{path}: contains no seed tasks")
-    return [validate_task(record, f"{path}: record {i}") for i, record in enumerate(records)]
+    return [validate_task(record, f"{path}: record {i}", closed_types) for i, record in enumerate(records)]
 
 
 def resolve_seed_file(path: str | Path | None = None, cache_dir: str | Path | None = None) -> tuple[Path, str]:
@@ -266,10 +274,11 @@ def seed_source(path: str | Path | None = None, cache_dir: str | Path | None = N
     return f"{origin}: {resolved}"
 
 
-def load_seed_tasks(path: str | Path | None = None, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def load_seed_tasks(path: str | Path | None = None, cache_dir: str | Path | None = None,
+                    closed_types: bool = True) -> list[dict[str, Any]]:
     """Load and normalize seed tasks: explicit path > $ALPACARE_DATA_DIR > cache > built-in starter set."""
     resolved, _ = resolve_seed_file(path, cache_dir)
-    return read_seed_file(resolved)
+    return read_seed_file(resolved, closed_types)
 
 
 def load_starter_tasks() -> list[dict[str, Any]]:

@@ -3,11 +3,15 @@ compares answers): the official ``openai`` AsyncOpenAI against any OpenAI-compat
 (OpenAI, vLLM, Ollama, llama.cpp, TGI, a proxy for Claude, or the embedded local server).
 
 - bounded concurrency (``<role>.max_concurrency`` requests in flight);
-- retries with exponential backoff on 429, 5xx, timeouts and connection errors, and a per-request
-  timeout: the openai client's own (``max_retries``, ``timeout``), as its authors intended;
-- a token and cost ledger with the per-model prices from the endpoint config, and an optional
-  spend cap checked *before* each request against its worst-case cost, so a run stops cleanly
-  under the cap;
+- retries with exponential backoff (or the server's Retry-After) on 429, 5xx, timeouts, connection
+  errors, bodies cut short, and 200 replies without choices (content filters send those), and a
+  per-request timeout. The loop is ours, with the openai client's own retries off: only then is
+  every failed attempt seen, and counted;
+- a token and cost ledger with the per-model prices from the endpoint config. It counts what the
+  client received, and apart from that the attempts it abandoned after sending them (timed out,
+  connection or body cut): a real API may have completed, and billed, those. Their cost is not
+  known; the ledger holds an upper bound (the prompt and ``max_tokens``), and the optional spend
+  cap, checked *before* each request against its worst-case cost, counts that cautious figure;
 - a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated.
 
 The API key is read from the environment variable named by ``<role>.api_key_env`` and handed
@@ -22,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
@@ -68,11 +73,47 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cached: bool = False
+    # Attempts for this request that were sent and abandoned (possibly billed), and upper bounds
+    # of their tokens; zero for a cached answer.
+    abandoned_attempts: int = 0
+    abandoned_prompt_tokens: int = 0
+    abandoned_completion_tokens: int = 0
+
+
+def work_log_usage(completion: Optional[Completion]) -> dict[str, Any]:
+    """The usage fields a stage's work log keeps per request (``count_earlier_spend`` reads them)."""
+    c = completion
+    return {
+        "cached": bool(c and c.cached),
+        "prompt_tokens": c.prompt_tokens if c else 0,
+        "completion_tokens": c.completion_tokens if c else 0,
+        "abandoned_attempts": c.abandoned_attempts if c else 0,
+        "abandoned_prompt_tokens": c.abandoned_prompt_tokens if c else 0,
+        "abandoned_completion_tokens": c.abandoned_completion_tokens if c else 0,
+    }
+
+
+def paid_cost(ledger: "Ledger", work_log: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """USD of a work log's paid (not cached) requests: received, and possibly billed (received plus
+    the worst case of the attempts abandoned on the way)."""
+    received = ledger.cost_of(sum(r["prompt_tokens"] for r in work_log), sum(r["completion_tokens"] for r in work_log))
+    abandoned = ledger.cost_of(sum(r.get("abandoned_prompt_tokens", 0) for r in work_log),
+                               sum(r.get("abandoned_completion_tokens", 0) for r in work_log))
+    return received, received + abandoned
+
+
+class Unanswered(Exception):
+    """A request that ended without an answer and is not the endpoint's fault as a whole (e.g. a
+    reply without choices after every retry): recorded as failed, the run goes on."""
 
 
 @dataclass
 class Ledger:
-    """Tokens and USD spent, per model. Cached answers cost nothing again and are counted apart."""
+    """Tokens and USD, per model. ``requests``/``prompt_tokens``/``completion_tokens``/``cost_usd``
+    count replies received (usage as the server reported it). ``abandoned_*`` count attempts sent
+    and given up on (timed out, connection or body cut), which a real API may still bill: their
+    tokens are upper bounds (prompt estimate, max_tokens). ``cost_usd_possibly_billed`` is the
+    cautious total, which the spend cap uses. Cached answers cost nothing again and are counted apart."""
 
     price_input_per_1m: float = 0.0
     price_output_per_1m: float = 0.0
@@ -82,22 +123,43 @@ class Ledger:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # Failed attempts that were retried or ended a request, by reason ("429", "timeout", "empty choices"...).
+    failed_attempts: dict[str, int] = field(default_factory=dict)
+    abandoned_requests: int = 0
+    abandoned_prompt_tokens: int = 0
+    abandoned_completion_tokens: int = 0
     by_model: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def cost_of(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.price_input_per_1m + completion_tokens * self.price_output_per_1m) / 1e6
 
-    def add(self, model: str, completion: Completion) -> None:
+    @property
+    def cost_usd_possibly_billed(self) -> float:
+        return self.cost_usd + self.cost_of(self.abandoned_prompt_tokens, self.abandoned_completion_tokens)
+
+    def attempt_failed(self, reason: str) -> None:
+        self.failed_attempts[reason] = self.failed_attempts.get(reason, 0) + 1
+
+    def abandoned(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.abandoned_requests += 1
+        self.abandoned_prompt_tokens += prompt_tokens
+        self.abandoned_completion_tokens += completion_tokens
+
+    def add_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """A reply received without an answer in it (e.g. no choices) that still reported usage."""
+        self.add(model, Completion("", "", prompt_tokens, completion_tokens), count_request=False)
+
+    def add(self, model: str, completion: Completion, count_request: bool = True) -> None:
         if completion.cached:
             self.cached_requests += 1
             return
         cost = self.cost_of(completion.prompt_tokens, completion.completion_tokens)
-        self.requests += 1
+        self.requests += count_request
         self.prompt_tokens += completion.prompt_tokens
         self.completion_tokens += completion.completion_tokens
         self.cost_usd += cost
         m = self.by_model.setdefault(model, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
-        m["requests"] += 1
+        m["requests"] += count_request
         m["prompt_tokens"] += completion.prompt_tokens
         m["completion_tokens"] += completion.completion_tokens
         m["cost_usd"] += cost
@@ -105,6 +167,7 @@ class Ledger:
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d["cost_usd"] = round(self.cost_usd, 6)
+        d["cost_usd_possibly_billed"] = round(self.cost_usd_possibly_billed, 6)
         return d
 
 
@@ -124,7 +187,9 @@ class ResponseCache:
             row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        return Completion(**{**json.loads(row[0]), "cached": True})
+        # Abandoned attempts were paid for by the run that first asked, not by this one.
+        return Completion(**{**json.loads(row[0]), "cached": True, "abandoned_attempts": 0,
+                             "abandoned_prompt_tokens": 0, "abandoned_completion_tokens": 0})
 
     def put(self, key: str, completion: Completion) -> None:
         value = json.dumps({**asdict(completion), "cached": False}, ensure_ascii=False)
@@ -153,7 +218,9 @@ class LLMClient:
         self.spent_before_usd = 0.0
         self._cache = cache
         self._reserved_usd = 0.0
-        self._client_kwargs = dict(base_url=base_url, api_key=api_key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+        self.max_retries = cfg.max_retries
+        # Retries are ours (``_call``), so the openai client makes exactly one attempt per call.
+        self._client_kwargs = dict(base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s)
 
     def json_response_format(self, schema: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
         """``response_format`` that constrains decoding to ``schema``, in the server's dialect."""
@@ -168,8 +235,9 @@ class LLMClient:
         ``<role>.max_cost_usd``: the cap bounds what a run dir costs, not one invocation of it.
         Work-log records carry ``cached``, ``prompt_tokens`` and ``completion_tokens``."""
         paid = [r for r in work_log if not r["cached"]]
-        self.spent_before_usd += self.ledger.cost_of(sum(r["prompt_tokens"] for r in paid),
-                                                     sum(r["completion_tokens"] for r in paid))
+        self.spent_before_usd += self.ledger.cost_of(
+            sum(r["prompt_tokens"] + r.get("abandoned_prompt_tokens", 0) for r in paid),
+            sum(r["completion_tokens"] + r.get("abandoned_completion_tokens", 0) for r in paid))
 
     # -- running a batch ---------------------------------------------------------------------
 
@@ -198,6 +266,9 @@ class LLMClient:
                     return
                 except openai.BadRequestError as e:
                     completion, error = None, f"rejected by server: {_short(e)}"
+                    self.ledger.failed_requests += 1
+                except Unanswered as e:
+                    completion, error = None, str(e)
                     self.ledger.failed_requests += 1
                 on_result(request, completion, error)
                 bar.update(1)
@@ -228,9 +299,8 @@ class LLMClient:
 
     def _reserve(self, request: Request) -> float:
         """Hold the worst-case cost of ``request`` against the cap, or stop before sending it."""
-        prompt_chars = sum(len(m["content"]) for m in request.messages)
-        worst = self.ledger.cost_of(prompt_chars * _TOKENS_PER_CHAR_UPPER + 16, request.max_tokens)
-        spent = self.spent_before_usd + self.ledger.cost_usd
+        worst = self.ledger.cost_of(_prompt_tokens_upper(request), request.max_tokens)
+        spent = self.spent_before_usd + self.ledger.cost_usd_possibly_billed
         if self.max_cost_usd is not None and spent + self._reserved_usd + worst > self.max_cost_usd:
             raise SpendCapReached(
                 f"{self.role}.max_cost_usd={self.max_cost_usd}: spent ${spent:.4f} "
@@ -252,28 +322,71 @@ class LLMClient:
             kwargs["presence_penalty"] = request.presence_penalty
         if request.response_format is not None:
             kwargs["response_format"] = request.response_format
-        try:
-            response = await client.chat.completions.create(**kwargs)
-        except openai.AuthenticationError:
-            raise EndpointError(f"{self.role} {self.name}: the endpoint refused the API key (HTTP 401)") from None
-        except openai.PermissionDeniedError as e:
-            raise EndpointError(f"{self.role} {self.name}: permission denied: {_short(e)}") from None
-        except openai.NotFoundError as e:
-            raise EndpointError(f"{self.role} {self.name}: model {self.model!r} not found at {self._where()}: {_short(e)}") from None
-        except openai.APIConnectionError as e:
-            raise EndpointError(f"{self.role} {self.name}: cannot reach {self._where()} after retries ({type(e).__name__})") from None
-        except openai.RateLimitError as e:
-            raise EndpointError(f"{self.role} {self.name}: still rate-limited after retries: {_short(e)}") from None
-        except openai.InternalServerError as e:
-            raise EndpointError(f"{self.role} {self.name}: server error after retries: {_short(e)}") from None
-        choice = response.choices[0]
-        usage = response.usage
-        return Completion(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-        )
+        abandoned = [0, 0, 0]  # attempts, prompt tokens (upper bound), completion tokens (upper bound)
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            retry_after: Optional[float] = None
+            try:
+                response = await client.chat.completions.create(**kwargs)
+            except openai.AuthenticationError:
+                raise EndpointError(f"{self.role} {self.name}: the endpoint refused the API key (HTTP 401)") from None
+            except openai.PermissionDeniedError as e:
+                raise EndpointError(f"{self.role} {self.name}: permission denied: {_short(e)}") from None
+            except openai.NotFoundError as e:
+                raise EndpointError(f"{self.role} {self.name}: model {self.model!r} not found at {self._where()}: {_short(e)}") from None
+            except openai.APIConnectionError as e:  # includes APITimeoutError
+                timed_out = isinstance(e, openai.APITimeoutError)
+                reason = "timeout" if timed_out else "connection"
+                # Refused before the request went out: nothing to bill. Otherwise (timed out, reset,
+                # body cut short) the server may have finished the completion.
+                if timed_out or type(e.__cause__).__name__ not in ("ConnectError", "ConnectTimeout"):
+                    self._abandon(request, abandoned)
+                    reason = "timeout" if timed_out else "cut off"
+                self.ledger.attempt_failed(reason)
+                if last:
+                    raise EndpointError(f"{self.role} {self.name}: cannot reach {self._where()} after retries "
+                                        f"({type(e).__name__})") from None
+            except openai.BadRequestError:
+                self.ledger.attempt_failed("400")
+                raise
+            except openai.APIStatusError as e:
+                self.ledger.attempt_failed(str(e.status_code))
+                if not (e.status_code in (408, 409, 429) or e.status_code >= 500):
+                    raise EndpointError(f"{self.role} {self.name}: HTTP {e.status_code}: {_short(e)}") from None
+                if last:
+                    what = "still rate-limited" if e.status_code == 429 else "server error"
+                    raise EndpointError(f"{self.role} {self.name}: {what} after retries: {_short(e)}") from None
+                retry_after = _retry_after(e.response)
+            else:
+                usage = response.usage
+                prompt_tokens = usage.prompt_tokens if usage else 0
+                completion_tokens = usage.completion_tokens if usage else 0
+                if response.choices:
+                    choice = response.choices[0]
+                    return Completion(
+                        text=choice.message.content or "",
+                        finish_reason=choice.finish_reason or "",
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        abandoned_attempts=abandoned[0],
+                        abandoned_prompt_tokens=abandoned[1],
+                        abandoned_completion_tokens=abandoned[2],
+                    )
+                # A 200 without choices (content filters do this): a failed attempt, retried.
+                self.ledger.add_usage(self.model, prompt_tokens, completion_tokens)
+                self.ledger.attempt_failed("empty choices")
+                if last:
+                    raise Unanswered(f"no choices in the reply after {self.max_retries + 1} attempts "
+                                     f"(a content filter?)")
+            await asyncio.sleep(_backoff(attempt, retry_after))
+        raise AssertionError("unreachable")
+
+    def _abandon(self, request: Request, abandoned: list[int]) -> None:
+        prompt, completion = _prompt_tokens_upper(request), request.max_tokens
+        self.ledger.abandoned(prompt, completion)
+        abandoned[0] += 1
+        abandoned[1] += prompt
+        abandoned[2] += completion
 
     def check_reachable(self) -> None:
         """Fail in seconds, with one line, when the endpoint is down (instead of after all retries)."""
@@ -291,6 +404,35 @@ class LLMClient:
 
     def _where(self) -> str:
         return self.base_url or "the OpenAI API"
+
+
+def _prompt_tokens_upper(request: Request) -> int:
+    return int(sum(len(m["content"]) for m in request.messages) * _TOKENS_PER_CHAR_UPPER) + 16
+
+
+# Backoff between attempts: 0.5 s doubling to at most 8 s (the openai client's own schedule), with
+# jitter so that concurrent requests do not retry in lockstep; a server's Retry-After (up to 60 s) wins.
+_BACKOFF_INITIAL_S = 0.5
+_BACKOFF_MAX_S = 8.0
+_RETRY_AFTER_MAX_S = 60.0
+
+
+def _backoff(attempt: int, retry_after: Optional[float]) -> float:
+    if retry_after is not None and 0 <= retry_after <= _RETRY_AFTER_MAX_S:
+        return retry_after
+    return min(_BACKOFF_INITIAL_S * 2 ** attempt, _BACKOFF_MAX_S) * (0.75 + 0.25 * random.random())
+
+
+def _retry_after(response: Any) -> Optional[float]:
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return float(value) * scale
+            except ValueError:
+                return None
+    return None
 
 
 def _short(e: Exception) -> str:

@@ -8,6 +8,7 @@ The predict stage formats prompts with the same function, so train and inference
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 # Verbatim from stanford_alpaca/train.py (PROMPT_DICT["prompt_input"] / ["prompt_no_input"]).
@@ -22,13 +23,21 @@ PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 
-# Self-instruct and the MedInstruct generator write this placeholder when a task has no input.
-NO_INPUT_MARKERS = ("", "<noinput>", "<no input>", "noinput")
+# The one definition of "this task has no input", used by every stage (seeds, instructions,
+# responses, train, predict). Self-instruct and the MedInstruct generator write "<noinput>"; teachers
+# also write "<no input>", "<none>", "N/A" or add stray punctuation ("<noinput>}", '"<noinput>",').
+# A value is compared after folding: lowercased, everything but letters and digits removed.
+NO_INPUT = "<noinput>"
+NO_INPUT_MARKERS = frozenset({"", "noinput", "none", "na", "noinputrequired", "noinputneeded", "notapplicable"})
+
+
+def _fold(value: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", value.lower())
 
 
 def has_input(value: Optional[str]) -> bool:
-    """True when ``value`` is a real input, not empty or a no-input placeholder."""
-    return value is not None and value.strip().lower() not in NO_INPUT_MARKERS
+    """True when ``value`` is a real input, not empty or a no-input placeholder (any spelling above)."""
+    return isinstance(value, str) and _fold(value) not in NO_INPUT_MARKERS
 
 
 def format_prompt(instruction: str, input: Optional[str] = None) -> str:

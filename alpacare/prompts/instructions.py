@@ -5,10 +5,17 @@ Two output formats:
   through ``response_format``; decoding cannot leave the schema, so even a 135M teacher returns
   well-formed tasks (their content is another matter);
 - free text (the paper's format, for fidelity with GPT-4 runs): numbered blocks of
-  ``Type: / Topic: / View: / Difficulty: / Instruction: / Input:`` lines separated by ``###``.
+  ``Type: / Topic: / View: / Difficulty: / Instruction: / Input:`` lines separated by ``###``;
+  the examples are shown as the start of that numbered list and the teacher continues it, as in
+  the release's ``task_encode_prompt``.
+
+Both formats send the release's kind of system message (the objective: diverse medical tasks)
+and requirements that cover every point of the release's prompt (prompt/instrcution_prompt.txt),
+in our own words. Task types are open by default, as in the release, whose prompt lists formats
+"etc."; ``instructions.closed_types=true`` restricts them to the paper's ten.
 
 Both parsers return (tasks, rejects); a reject keeps the raw text and the reason. Field-level
-validation (canonical type/view, difficulty 1-5, non-empty instruction) is ``validate_task``'s.
+validation (type, view, difficulty 1-5, non-empty instruction) is ``validate_task``'s.
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ from alpacare.errors import DataError
 
 
 
+# Bumped whenever the wording below changes: part of the instructions stage's settings
+# fingerprint, so a resumed run never mixes tasks written under two prompts.
+PROMPT_VERSION = "2"
+
+# The release sends this objective as the system message of every request; ours in our words.
+SYSTEM = "You write diverse, realistic medical tasks: the kind of requests clinicians, students and patients bring to an assistant."
+
 REQUIREMENTS = """\
 You are helping build a diverse, high-quality set of medical instruction-following tasks, written
 the way clinicians write them. Here are the requirements:
@@ -31,15 +45,26 @@ the way clinicians write them. Here are the requirements:
    pharmacists, researchers, patients and their families, the general public.
 3. Cover a wide range of topics: specialties, diseases, anatomy, genetics, drugs, diagnostics,
    epidemiology, ethics, nutrition, and so on. Do not repeat a topic from the examples.
-4. Use all of these task types: {types}.
-5. Give each task a difficulty from 1 (a first-year student could do it) to 5 (specialist level).
-6. Write the instruction in one to three sentences, in wording that fits the view: plain first
-   person for patients, precise terminology for clinicians and experts.
-7. Where the task needs an input, write 50 to 200 words of concrete clinical context (a case
-   vignette, a clinical note, lab results, a paragraph to rewrite or summarize). Multiple-choice and
-   USMLE-style tasks put the question stem and the lettered choices in the input. Where no input is
+4. {formats}
+5. Each batch you write must contain every task format named in point 4 at least once (as far
+   as the number of tasks allows).
+6. Give each task a difficulty from 1 (a first-year student could do it) to 5 (specialist level).
+7. Vary the wording of the instructions: mix questions with commands, in one to three
+   sentences, in wording that fits the view: plain first person for patients, precise
+   terminology for clinicians and experts.
+8. Where the task needs an input, write 50 to 200 words of concrete clinical context (a case
+   vignette, a clinical note, lab results, a radiology report, a paragraph to rewrite or
+   summarize). The input must be complete as written: never a placeholder or a request for the
+   user to supply something ("[insert history]", "Describe your symptoms"). Where no input is
    needed, the input is "<noinput>".
-8. Do not write the answer. Each task must be answerable by a text-only assistant."""
+9. Multiple-choice and USMLE-style tasks put the question stem and the lettered choices in the
+   input, with a detailed context; a USMLE-style question stem runs longer than 50 words.
+10. Make the input lengths clearly different from one task to the next: some short, some long.
+11. Do not write the answer. Each task must be answerable by a text-only assistant."""
+
+OPEN_FORMATS = ("Use many task formats, for example {types}, or any other format a medical task "
+                "can take; name each task's format in its type.")
+CLOSED_FORMATS = "Use only these task formats, named exactly as written: {types}."
 
 EXAMPLES_HEADER = "Here are examples of tasks:"
 
@@ -47,15 +72,12 @@ STRUCTURED_TAIL = """\
 Now write {n} new, different tasks. Answer with a JSON object {{"tasks": [...]}} whose items have
 the fields "type", "topic", "view", "difficulty" (an integer 1-5), "instruction" and "input"."""
 
-FREE_TEXT_TAIL = """\
-Now write {n} new, different tasks in exactly this format, one block per task, blocks separated by
-a line with ###:
-N. Type: <task type>
-N. Topic: <topic>
-N. View: <who is asking>
-N. Difficulty: <1-5>
-N. Instruction: <the instruction>
-N. Input: <the input, or <noinput>>"""
+# The paper's free-text format, laid out as the release lays it out: the examples are the first
+# items of a numbered list, each starting after a "###" line, and the teacher continues the list.
+FREE_TEXT_ASK = """\
+12. Write {n} new tasks by continuing the numbered list below (tasks {first} to {last}). Start each
+    task with a line "###", then the lines "N. Type:", "Topic:", "View:", "Difficulty:",
+    "Instruction:" and "Input:" as in the examples."""
 
 
 def _shown(task: dict[str, Any]) -> dict[str, Any]:
@@ -69,33 +91,49 @@ def _example_json(task: dict[str, Any]) -> str:
 
 
 def _example_text(task: dict[str, Any], number: int) -> str:
-    return "\n".join(f"{number}. {k.capitalize()}: {v}" for k, v in _shown(task).items())
+    shown = _shown(task)
+    lines = [f"{number}. Type: {shown['type']}"]
+    lines += [f"{k.capitalize()}: {shown[k]}" for k in TASK_FIELDS if k != "type"]
+    return "\n".join(lines)
 
 
-def build_messages(examples: Sequence[dict[str, Any]], n_tasks: int, structured: bool) -> tuple[dict[str, str], ...]:
-    """One user message: requirements, the sampled example tasks, and the ask."""
-    parts = [REQUIREMENTS.format(types=", ".join(TASK_TYPES)), EXAMPLES_HEADER]
+def requirements(closed_types: bool) -> str:
+    formats = (CLOSED_FORMATS if closed_types else OPEN_FORMATS).format(types=", ".join(TASK_TYPES))
+    return REQUIREMENTS.format(formats=formats)
+
+
+def build_messages(examples: Sequence[dict[str, Any]], n_tasks: int, structured: bool,
+                   closed_types: bool = False) -> tuple[dict[str, str], ...]:
+    """The system message (the objective) and one user message: requirements, examples, the ask.
+
+    Free text (the paper's format): the examples are items 1..k of a numbered list and the user
+    message ends with "###" and "k+1. Type:", which the teacher continues (``parse_free_text``
+    with ``first_number=k+1`` reads the continuation)."""
+    parts = [requirements(closed_types)]
     if structured:
-        parts.append("\n".join(_example_json(t) for t in examples))
-        parts.append(STRUCTURED_TAIL.format(n=n_tasks))
+        parts += [EXAMPLES_HEADER, "\n".join(_example_json(t) for t in examples), STRUCTURED_TAIL.format(n=n_tasks)]
     else:
-        parts.append("\n###\n".join(_example_text(t, i + 1) for i, t in enumerate(examples)))
-        parts.append(FREE_TEXT_TAIL.format(n=n_tasks))
-    return ({"role": "user", "content": "\n\n".join(parts)},)
+        k = len(examples)
+        parts[0] += "\n" + FREE_TEXT_ASK.format(n=n_tasks, first=k + 1, last=k + n_tasks)
+        listing = "".join(f"###\n{_example_text(t, i + 1)}\n" for i, t in enumerate(examples))
+        parts.append(f"List of {k + n_tasks} tasks:\n{listing}###\n{k + 1}. Type:")
+    return ({"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)})
 
 
-def task_batch_schema(n_tasks: int, bounded: bool = True) -> dict[str, Any]:
+def task_batch_schema(n_tasks: int, bounded: bool = True, closed_types: bool = False) -> dict[str, Any]:
     """JSON schema for a batch of 1 to ``n_tasks`` tasks (grammar-constrained decoding).
 
     Not exactly ``n_tasks``: llama.cpp unrolls the array into one grammar rule per item, and with
     12 required items SmolLM2 decoded at 11 tokens/s against 46 with 1-12 (measured here); the
     prompt asks for ``n_tasks`` either way. ``bounded=False`` drops minItems/maxItems for OpenAI's
     strict mode, which does not accept them. No minLength/maxLength: llama.cpp expands those into
-    one rule per character and overflows its grammar limits; ``validate_task`` checks content."""
+    one rule per character and overflows its grammar limits; ``validate_task`` checks content.
+    ``closed_types``: the type is one of the ten canonical types; else any string."""
+    task_type: dict[str, Any] = {"type": "string", "enum": list(TASK_TYPES)} if closed_types else {"type": "string"}
     task = {
         "type": "object",
         "properties": {
-            "type": {"type": "string", "enum": list(TASK_TYPES)},
+            "type": task_type,
             "topic": {"type": "string"},
             "view": {"type": "string"},
             "difficulty": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
@@ -116,20 +154,20 @@ def task_batch_schema(n_tasks: int, bounded: bool = True) -> dict[str, Any]:
     }
 
 
-def _validated(candidates: list[Any], raw_parts: list[str]) -> tuple[list[dict], list[dict]]:
+def _validated(candidates: list[Any], raw_parts: list[str], closed_types: bool) -> tuple[list[dict], list[dict]]:
     tasks, rejects = [], []
     for i, (candidate, raw) in enumerate(zip(candidates, raw_parts)):
         if not isinstance(candidate, dict):
             rejects.append({"raw": raw, "reason": "not an object"})
             continue
         try:
-            tasks.append(validate_task(candidate, where=f"task {i}"))
+            tasks.append(validate_task(candidate, where=f"task {i}", closed_types=closed_types))
         except DataError as e:
             rejects.append({"raw": raw, "reason": str(e)})
     return tasks, rejects
 
 
-def parse_structured(text: str) -> tuple[list[dict], list[dict]]:
+def parse_structured(text: str, closed_types: bool = False) -> tuple[list[dict], list[dict]]:
     """Parse ``{"tasks": [...]}``; tolerate prose or code fences around the JSON object."""
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
@@ -141,9 +179,10 @@ def parse_structured(text: str) -> tuple[list[dict], list[dict]]:
     items = data.get("tasks") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return [], [{"raw": text, "reason": 'no "tasks" list in the JSON object'}]
-    return _validated(items, [json.dumps(t, ensure_ascii=False) for t in items])
+    return _validated(items, [json.dumps(t, ensure_ascii=False) for t in items], closed_types)
 
 
+_SEPARATOR = re.compile(r"^\s*#{3,}\s*$")
 _FIELD_LINE = re.compile(r"^\s*(?:\d+\s*[.)]\s*)?(type|topic|view|difficulty|instruction|input)\s*:\s*(.*)$", re.IGNORECASE)
 
 
@@ -160,8 +199,13 @@ def _parse_block(block: str) -> dict[str, str]:
     return fields
 
 
-def parse_free_text(text: str) -> tuple[list[dict], list[dict]]:
-    """Parse the paper's numbered ``Field: value`` blocks separated by ``###``."""
+def parse_free_text(text: str, closed_types: bool = False, first_number: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Parse the paper's numbered ``Field: value`` blocks separated by ``###``. ``first_number``:
+    the reply continues a prompt that ended with "N. Type:", so it may start with the type itself
+    (the release prepends "N. Type: " to the reply the same way)."""
+    first_line = text.lstrip().splitlines()[0] if text.strip() else ""
+    if first_number is not None and first_line and not (_FIELD_LINE.match(first_line) or _SEPARATOR.match(first_line)):
+        text = f"{first_number}. Type: {text.lstrip()}"
     blocks = [b for b in re.split(r"^\s*#{3,}\s*$", text, flags=re.MULTILINE) if b.strip()]
     if not blocks:
         return [], [{"raw": text, "reason": "empty response"}]
@@ -174,9 +218,12 @@ def parse_free_text(text: str) -> tuple[list[dict], list[dict]]:
             continue
         candidates.append(fields)
         raws.append(block.strip())
-    tasks, more = _validated(candidates, raws)
+    tasks, more = _validated(candidates, raws, closed_types)
     return tasks, rejects + more
 
 
-def parse_tasks(text: str, structured: bool) -> tuple[list[dict], list[dict]]:
-    return parse_structured(text) if structured else parse_free_text(text)
+def parse_tasks(text: str, structured: bool, closed_types: bool = False,
+                first_number: int | None = None) -> tuple[list[dict], list[dict]]:
+    if structured:
+        return parse_structured(text, closed_types)
+    return parse_free_text(text, closed_types, first_number)

@@ -26,11 +26,10 @@ from alpacare.benchmarks import tasks_index
 from alpacare.benchmarks.data import data_root, verify_files
 from alpacare.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import ConfigError, first_line
-from alpacare.stages import MODEL, StageContext
+from alpacare.stages import BENCHMARK_RESULTS, MODEL, StageContext
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 DEFAULT_GENERATION_BATCH = 16  # native tasks with benchmark.batch_size=auto
 
 
@@ -158,7 +157,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                          "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
                          "include_path": [str(task_dir)] + ([str(cfg.include_path)] if cfg.include_path else [])}
     results = json.loads(json.dumps(results, default=_plain))
-    write_json_atomic(ctx.dir / RESULTS_FILE, results)
+    write_json_atomic(BENCHMARK_RESULTS.path(ctx.run_dir), results)
 
     rows = runner.table(results)
     ctx.write_stats({"model": source, "suite": cfg.name, "tasks": tasks, "fewshot": shots, "table": rows,

@@ -98,7 +98,8 @@ def _line_of_record(path: Path, index: int) -> int:
 def seed_instructions(ctx: StageContext) -> list[str]:
     from alpacare.data.seeds import load_seed_tasks
 
-    return [t["instruction"] for t in load_seed_tasks(ctx.cfg.instructions.seeds, ctx.cfg.cache_dir)]
+    return [t["instruction"] for t in load_seed_tasks(ctx.cfg.instructions.seeds, ctx.cfg.cache_dir,
+                                                      closed_types=ctx.cfg.instructions.closed_types)]
 
 
 def run_filter(filter_fn, instructions: list[str], threshold: float, seeds: list[str]) -> FilterResult:

@@ -28,7 +28,7 @@ from alpacare.data.eval_sets import EVAL_SETS, REFERENCE_MODELS, check_eval_set,
 from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import AppendLog, read_records, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
-from alpacare.llm.client import Completion, Request, endpoint_identity
+from alpacare.llm.client import Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
@@ -193,12 +193,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 work.append({"hash": by_key[request.key], "key": request.key,
                              "raw": completion.text if completion else "", "error": error,
                              "finish_reason": completion.finish_reason if completion else "error",
-                             "cached": bool(completion and completion.cached),
-                             "prompt_tokens": completion.prompt_tokens if completion else 0,
-                             "completion_tokens": completion.completion_tokens if completion else 0})
+                             **work_log_usage(completion)})
 
             client.run(todo, record, desc="judge")
         replies = {r["hash"]: r for r in work.records}
+    current = [replies[h] for h in hashes.values() if h in replies]
+    paid = [r for r in current if not r["cached"]]
+    received_usd, possibly_billed_usd = paid_cost(Ledger(cfg.price_input_per_1m, cfg.price_output_per_1m), paid)
 
     verdicts, rows, samples = _score(ctx, judged, requests, hashes, replies)
     empty_refs = len(pairs) - len(judged)
@@ -214,28 +215,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "pairs": len(judged),
         "verdicts_requested": len(requests),
         "empty_references_excluded": empty_refs,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in current),
+        "completion_tokens": sum(r["completion_tokens"] for r in current),
+        "cached_verdicts": sum(r["cached"] for r in current),
+        "cost_usd": round(received_usd, 6),
+        "cost_usd_possibly_billed": round(possibly_billed_usd, 6),
         "skipped": skipped,
         "records_in": len(judged), "records_out": len(verdicts),
-        **_spend(cfg, replies.values()),
     }
     ctx.write_stats(stats)
     _log_to_wandb(ctx, rows, chart, samples)
     headline = {f"{r['test_set']}/{r['reference']}": r["win_rate"] for r in rows}
     return {"pairs": len(judged), "unparsed": sum(r["n_unparsed"] for r in rows), **headline,
             **({"note": "weak local judge"} if cfg.launch_local else {})}
-
-
-def _spend(cfg: Any, replies) -> dict[str, Any]:
-    """Tokens of every verdict in the work log, and USD for those not served from the cache."""
-    from alpacare.llm.client import Ledger
-
-    replies = list(replies)
-    paid = [r for r in replies if not r.get("cached")]
-    ledger = Ledger(price_input_per_1m=cfg.price_input_per_1m, price_output_per_1m=cfg.price_output_per_1m)
-    return {"prompt_tokens": sum(r.get("prompt_tokens", 0) for r in replies),
-            "completion_tokens": sum(r.get("completion_tokens", 0) for r in replies),
-            "cost_usd": round(ledger.cost_of(sum(r.get("prompt_tokens", 0) for r in paid),
-                                             sum(r.get("completion_tokens", 0) for r in paid)), 6)}
 
 
 def _generator(pairs: list[Pair]) -> str:

@@ -5,18 +5,16 @@ Input: ``predict.model`` (a model dir, adapter dir or Hugging Face id), by defau
 or as files. Prompts are the Alpaca template the model was trained with; decoding is greedy unless
 ``predict.do_sample=true``, and only the generated tokens are decoded (alpacare/inference.py).
 
-Resume: every finished batch is appended to ``predict/<test_set>.log.jsonl`` with a fingerprint
-of everything that decides the answers (model, backend, dtype, decoding); a run killed at any point
-and restarted on the same run dir generates only the missing items, and a changed setting is one
-clear error instead of a file that mixes two models. Outputs, written atomically once a test set
+Resume: every finished batch is appended to ``predict/<test_set>.log.jsonl``; a run killed at any
+point and restarted on the same run dir generates only the missing items. ``predict/settings.json``
+records what decides the answers (model, backend, dtype, decoding; alpacare/fingerprint.py), so a
+changed setting is one clear error naming it instead of a file that mixes two models. Outputs, written atomically once a test set
 is done: ``predict/<test_set>.jsonl`` (one record per item: index, id, instruction, input, output,
 generator, finish_reason, new_tokens) and ``stats.json`` (counts, speed, prompt and decoding settings).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from typing import Any
@@ -25,7 +23,7 @@ from tqdm.auto import tqdm
 
 from alpacare.data.eval_sets import check_eval_set, eval_set_name, load_items
 from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
-from alpacare.errors import DataError
+from alpacare.fingerprint import check_settings
 from alpacare.inference import Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, model_name
 from alpacare.prompts.alpaca import format_prompt
 from alpacare.stages import MODEL, PREDICTIONS, StageContext
@@ -33,6 +31,7 @@ from alpacare.stages import MODEL, PREDICTIONS, StageContext
 log = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "alpaca"  # alpacare/prompts/alpaca.py, the template training used
+WORK_LOG_SUFFIX = ".log.jsonl"
 
 
 def check(cfg: Any) -> None:
@@ -45,21 +44,14 @@ def decoding_of(cfg: Any) -> Decoding:
     return Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p)
 
 
-def settings_fingerprint(source: str, cfg: Any) -> str:
+def settings(source: str, cfg: Any) -> dict[str, Any]:
     """What decides the answers. Not the batch size (answers do not depend on it: tests/test_predict.py)
-    nor the limit (raising it extends a finished run)."""
-    settings = {"model": source, "backend": cfg.backend, "dtype": cfg.dtype, "template": PROMPT_TEMPLATE,
-                "decoding": decoding_of(cfg).__dict__, "seed": cfg.seed if cfg.do_sample else None}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _check_log(work: AppendLog, fingerprint: str) -> None:
-    stale = [r for r in work.records if r.get("fingerprint") != fingerprint]
-    if stale:
-        raise DataError(
-            f"{work.path}: written with another model or other decoding settings; to start this test set "
-            f"over delete that file, or use a new hydra.run.dir"
-        )
+    nor the limit or the test sets (raising or adding them extends finished work)."""
+    d = decoding_of(cfg)
+    return {"predict.model": source, "predict.backend": cfg.backend, "predict.dtype": cfg.dtype,
+            "prompt_template": PROMPT_TEMPLATE, "predict.max_new_tokens": d.max_new_tokens,
+            "predict.do_sample": d.do_sample, "predict.temperature": d.temperature if d.do_sample else None,
+            "predict.top_p": d.top_p if d.do_sample else None, "predict.seed": cfg.seed if d.do_sample else None}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -67,7 +59,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source = ctx.model_source(MODEL)
     generator = cfg.name or model_name(source)
     decoding = decoding_of(cfg)
-    fingerprint = settings_fingerprint(source, cfg)
+    check_settings(ctx.dir, settings(source, cfg), stage="predict", allow_changed=cfg.allow_changed_settings,
+                   has_work=any(p.stat().st_size for p in ctx.dir.glob(f"*{WORK_LOG_SUFFIX}")))
     loaded: list[InferenceModel] = []
 
     def model() -> InferenceModel:
@@ -84,13 +77,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             items = items[: cfg.limit]
         prompts = [format_prompt(it["instruction"], it["input"]) for it in items]
         started = time.perf_counter()
-        with AppendLog(ctx.dir / f"{name}.log.jsonl") as work:
-            _check_log(work, fingerprint)
+        with AppendLog(ctx.dir / f"{name}{WORK_LOG_SUFFIX}") as work:
             done = {r["index"] for r in work.records}
             todo = [i for i in range(len(items)) if i not in done]
             log.info("predict: %s, %d items, %d already answered", name, len(items), len(items) - len(todo))
             if todo:
-                _answer(ctx, model, [prompts[i] for i in todo], todo, work, fingerprint, desc=f"predict {name}")
+                _answer(ctx, model, [prompts[i] for i in todo], todo, work, desc=f"predict {name}")
             answers = {r["index"]: r for r in work.records}
         seconds = time.perf_counter() - started
         records = [{**it, "output": answers[it["index"]]["output"], "generator": generator,
@@ -117,7 +109,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "records_in": sum(s["items"] for s in per_set.values()), "records_out": sum(s["items"] for s in per_set.values()),
         "settings": {"template": PROMPT_TEMPLATE, "backend": cfg.backend, "batch_size": cfg.batch_size,
                      "limit": cfg.limit, "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
-                     "fingerprint": fingerprint, **decoding.__dict__},
+                     **decoding.__dict__},
     }
     ctx.write_stats(stats)
     ctx.tracker.log({f"predict/{name}/{k}": v for name, s in per_set.items() for k, v in s.items() if v is not None})
@@ -125,15 +117,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **{f"{name}_stopped_at_max": s["stopped_at_max_new_tokens"] for name, s in per_set.items()}}
 
 
-def _answer(ctx: StageContext, model, prompts: list[str], indices: list[int], work: AppendLog,
-            fingerprint: str, desc: str) -> None:
+def _answer(ctx: StageContext, model, prompts: list[str], indices: list[int], work: AppendLog, desc: str) -> None:
     cfg = ctx.cfg.predict
     bar = tqdm(total=len(prompts), desc=desc, unit="item", dynamic_ncols=True)
 
     def record(batch: list[int], generations: list[Generation]) -> None:
         for k, g in zip(batch, generations):
             work.append({"index": indices[k], "output": g.text, "finish_reason": g.finish_reason,
-                         "new_tokens": g.new_tokens, "fingerprint": fingerprint})
+                         "new_tokens": g.new_tokens})
         bar.update(len(batch))
 
     try:

@@ -3,8 +3,11 @@
 Input: the dedup stage's ``kept.jsonl`` (or ``responses.input=FILE``), records with at least an
 ``instruction`` and usually an ``input`` ("<noinput>" when none). Every answer is appended to
 ``answers.jsonl`` as it lands, keyed by the record's id, so a killed run resumes with only the
-unanswered ones. Outputs, written atomically at the end: ``train.json`` (Alpaca format:
-instruction, input ("" when none), output, plus the task metadata), ``failed.jsonl``, ``stats.json``.
+unanswered ones (``settings.json`` records the teacher, prompt and sampling; a resume under other
+settings stops with one line). Outputs, written atomically at the end: ``train.json`` (Alpaca
+format: instruction, input ("" when none), output, plus the task metadata), ``failed.jsonl``,
+``truncated.jsonl`` (answers cut at ``responses.max_tokens``, kept out of train.json unless
+``responses.keep_truncated=true``), ``stats.json``.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 
 from alpacare.data.jsonl import AppendLog, read_jsonl, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import DataError
-from alpacare.llm.client import Completion, Request
-from alpacare.prompts.responses import build_messages, has_input
+from alpacare.fingerprint import check_settings
+from alpacare.llm.client import Completion, Request, endpoint_identity, paid_cost, work_log_usage
+from alpacare.prompts.responses import PROMPT_VERSION, build_messages, has_input
 from alpacare.stages import KEPT, TRAIN_SET, StageContext
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,16 @@ def _to_alpaca(record: dict[str, Any], output: str) -> dict[str, Any]:
     }
 
 
+def settings(cfg: Any) -> dict[str, Any]:
+    """Everything that decides the answers (not keep_truncated: that only filters train.json)."""
+    t, rc = cfg.teacher, cfg.responses
+    return {
+        "teacher.name": t.name, "teacher.model": t.model, "teacher.endpoint": endpoint_identity(t, t.base_url),
+        **{f"responses.{k}": rc[k] for k in ("prompt", "temperature", "top_p", "presence_penalty", "max_tokens")},
+        "prompt_version": PROMPT_VERSION,
+    }
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.responses
     path = ctx.input_path(KEPT)
@@ -54,13 +68,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     teacher = ctx.teacher()
 
     with AppendLog(ctx.dir / "answers.jsonl") as work:
+        check_settings(ctx.dir, settings(ctx.cfg), stage="responses", has_work=bool(work.records),
+                       allow_changed=cfg.allow_changed_settings)
         resumed = len(work.records)
         ctx.teacher().count_earlier_spend(work.records)
         answered = {a["id"] for a in work.records}
         requests = [
-            Request(key=r["id"], messages=build_messages(r["instruction"], r.get("input")),
+            Request(key=r["id"], messages=build_messages(r["instruction"], r.get("input"), cfg.prompt),
                     temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                    nonce=f"responses:{r['id']}")
+                    presence_penalty=cfg.presence_penalty, nonce=f"responses:{r['id']}")
             for r in records if r["id"] not in answered
         ]
 
@@ -70,22 +86,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 "output": completion.text if completion else "",
                 "finish_reason": completion.finish_reason if completion else "error",
                 "error": error,
-                "cached": bool(completion and completion.cached),
-                "prompt_tokens": completion.prompt_tokens if completion else 0,
-                "completion_tokens": completion.completion_tokens if completion else 0,
+                **work_log_usage(completion),
             })
 
         log.info("responses: %d instructions, %d already answered", len(records), len(answered))
         teacher.run(requests, record, desc="responses")
         answers = {a["id"]: a for a in work.records}
 
-    examples, failed = [], []
+    examples, failed, truncated = [], [], []
     for r in records:
         a = answers.get(r["id"])
-        if a and a["output"].strip():
-            examples.append(_to_alpaca(r, a["output"]))
-        else:
+        if not (a and a["output"].strip()):
             failed.append({**r, "reason": (a or {}).get("error") or "empty answer"})
+        elif a["finish_reason"] == "length" and not cfg.keep_truncated:
+            # Training appends EOS: a cut answer would teach the student to stop mid-sentence.
+            truncated.append({**_to_alpaca(r, a["output"]),
+                              "reason": f"cut at responses.max_tokens={cfg.max_tokens} (finish_reason=length)"})
+        else:
+            examples.append(_to_alpaca(r, a["output"]))
     paid = [a for a in answers.values() if not a["cached"]]
     stats = {
         "instructions": len(records),
@@ -95,13 +113,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "resumed_answers": resumed,
         "cached_answers": sum(a["cached"] for a in answers.values()),
         "truncated_at_max_tokens": sum(a["finish_reason"] == "length" for a in answers.values()),
+        # Of those, left out of train.json (in truncated.jsonl); 0 with responses.keep_truncated=true.
+        "truncated_excluded": len(truncated),
         "prompt_tokens": sum(a["prompt_tokens"] for a in answers.values()),
         "completion_tokens": sum(a["completion_tokens"] for a in answers.values()),
-        "cost_usd": round(teacher.ledger.cost_of(sum(a["prompt_tokens"] for a in paid),
-                                                 sum(a["completion_tokens"] for a in paid)), 6),
+        "cost_usd": round(paid_cost(teacher.ledger, paid)[0], 6),
+        "abandoned_attempts": sum(a.get("abandoned_attempts", 0) for a in answers.values()),
+        "cost_usd_possibly_billed": round(paid_cost(teacher.ledger, paid)[1], 6),
     }
     write_jsonl_atomic(ctx.dir / "failed.jsonl", failed)
+    write_jsonl_atomic(ctx.dir / "truncated.jsonl", truncated)
     write_json_atomic(TRAIN_SET.path(ctx.run_dir), examples)
     ctx.write_stats(stats)
     ctx.tracker.log({f"responses/{k}": v for k, v in stats.items()})
-    return {k: stats[k] for k in ("instructions", "answered", "failed", "truncated_at_max_tokens", "completion_tokens", "cost_usd")}
+    return {k: stats[k] for k in ("instructions", "answered", "failed", "truncated_excluded", "completion_tokens", "cost_usd")}

@@ -19,7 +19,9 @@ Resume: Lightning's checkpoint restores the weights (only the trainable ones for
 optimizer and LR scheduler states, the loop counters (global step, epoch, batch index), and the
 position of the dataloader, which is resumable (``ResumableDataLoader.state_dict``: epoch and
 micro-batches handed out; the sampler skips those on resume). The stage adds the torch RNG state
-(LoRA dropout) and a fingerprint of the data. A run killed with kill -9 and resumed therefore sees
+(LoRA dropout) and the settings that decide the result (data, base model, tuning method and LoRA
+settings, learning rate and schedule, batch sizes, max length, precision: ``settings``); resuming
+under other settings is one clear error naming what changed. A run killed with kill -9 and resumed therefore sees
 the same batches, in the same order, with the same schedule and dropout masks, and ends at the
 same optimizer step with the same loss.
 """
@@ -47,15 +49,19 @@ from torch.utils.data import DataLoader
 
 from alpacare import models
 from alpacare.errors import ConfigError, first_line
+from alpacare.fingerprint import changes, file_digest, mismatch_error
 from alpacare.prompts.alpaca import alpaca_chat_template
 from alpacare.sft import (
+    IGNORE_INDEX,
     ExampleRows,
     ResumableBatchSampler,
     ResumableDataLoader,
     collate_rows,
     data_fingerprint,
+    learned_tokens,
     load_alpaca_records,
     response_loss,
+    step_loss,
     tokenize_examples,
 )
 from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_METRICS, TRAIN_SET, StageContext
@@ -72,7 +78,8 @@ log = logging.getLogger(__name__)
 class InstructionTuner(L.LightningModule):
     """A causal LM trained on prompt/response pairs, with batches that resume mid-epoch."""
 
-    def __init__(self, model, examples, *, train_cfg: DictConfig, lr: float, pad_token_id: int, fingerprint: str):
+    def __init__(self, model, examples, *, train_cfg: DictConfig, lr: float, pad_token_id: int, fingerprint: str,
+                 settings: Optional[dict[str, Any]] = None):
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
         self.examples = examples
@@ -80,6 +87,7 @@ class InstructionTuner(L.LightningModule):
         self.lr = lr
         self.pad_token_id = pad_token_id
         self.fingerprint = fingerprint
+        self.settings = settings or {}
         # LoRA/QLoRA checkpoints keep only the trainable weights; the frozen base comes from model.path.
         self.strict_loading = False
         self._restored_rng: Optional[dict[str, Any]] = None
@@ -96,6 +104,8 @@ class InstructionTuner(L.LightningModule):
             pack_to=cfg.max_length if cfg.packing else None,
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
+            learned=[learned_tokens(e) for e in self.examples],
+            accumulate=self.trainer.accumulate_grad_batches,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -112,18 +122,22 @@ class InstructionTuner(L.LightningModule):
     # -- optimization --------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         if self.train_cfg.chunked_loss:
-            loss = response_loss(self.model, batch)
+            loss_sum = response_loss(self.model, batch, reduction="sum")
         else:  # transformers' own loss over the full [batch, length, vocab] logits
-            loss = self.model(
+            loss_sum = self.model(
                 input_ids=batch["input_ids"],
                 labels=batch["labels"],
                 attention_mask=batch.get("attention_mask"),
                 position_ids=batch.get("position_ids"),
                 use_cache=False,  # with a KV cache, transformers would ignore packed position ids
-            ).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["num_examples"])
-        return loss
+            ).loss * learned
+        # Logged: this micro-batch's mean token loss (comparable across runs and batchings).
+        self.log("train/loss", loss_sum.detach() / max(learned, 1), prog_bar=True, batch_size=batch["num_examples"])
+        # Optimized: normalized by the response tokens of the whole optimizer step (sft.step_loss).
+        return step_loss(loss_sum, batch.get("step_tokens", learned), self.trainer.accumulate_grad_batches,
+                         self.trainer.world_size if "step_tokens" in batch else 1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Before clipping, like the grad_norm HF Trainer logs.
@@ -153,11 +167,13 @@ class InstructionTuner(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def total_optimizer_steps(self) -> int:
-        """Optimizer steps of the whole run; Lightning steps on the last, partial accumulation too."""
+        """Optimizer steps of the whole run: max_steps when set (it overrides the epochs, as in the
+        HF Trainer), else epochs x steps per epoch (Lightning steps on the last, partial accumulation too)."""
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
         batches = len(self.make_sampler())
         per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
-        total = per_epoch * self.trainer.max_epochs
-        return min(total, self.trainer.max_steps) if self.trainer.max_steps > 0 else total
+        return per_epoch * self.trainer.max_epochs
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -167,6 +183,7 @@ class InstructionTuner(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["alpacare"] = {
             "data_fingerprint": self.fingerprint,
+            "settings": self.settings,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -180,11 +197,18 @@ class InstructionTuner(L.LightningModule):
         saved = checkpoint.get("alpacare")
         if saved is None:
             raise ConfigError("train.resume: the checkpoint was not written by the alpacare train stage")
-        if saved["data_fingerprint"] != self.fingerprint:
-            raise ConfigError(
-                "train.resume: the checkpoint was trained on other data or max_length; "
-                "set train.resume=never to start over"
-            )
+        continue_hint = ("set train.resume=never to start over in this run dir, or train.allow_changed_settings=true "
+                         "to continue it deliberately")
+        if "settings" in saved:
+            diff = changes(saved["settings"], self.settings)
+            if diff and not self.train_cfg.allow_changed_settings:
+                raise mismatch_error("train.resume: the checkpoint", diff, continue_hint)
+            if diff:
+                log.warning("train: resuming a checkpoint made with other settings (%s), as "
+                            "train.allow_changed_settings=true asks", "; ".join(diff))
+        elif saved["data_fingerprint"] != self.fingerprint and not self.train_cfg.allow_changed_settings:
+            raise mismatch_error("train.resume: the checkpoint (an older one, with only a data fingerprint)",
+                                 ["train.data or train.max_length changed"], continue_hint)
         self._restored_rng = saved
 
     def on_train_start(self) -> None:
@@ -327,7 +351,8 @@ def build_trainer(cfg: DictConfig, ctx: StageContext, model, *, accumulate: int,
         return instantiate(
             cfg.trainer,
             strategy=build_strategy(cfg.trainer, model, cfg.model),
-            max_epochs=cfg.train.epochs,
+            # train.max_steps > 0 overrides the epochs, as max_steps does in the HF Trainer.
+            max_epochs=-1 if cfg.train.max_steps > 0 else cfg.train.epochs,
             max_steps=cfg.train.max_steps,
             accumulate_grad_batches=accumulate,
             callbacks=callbacks,
@@ -341,6 +366,28 @@ def build_trainer(cfg: DictConfig, ctx: StageContext, model, *, accumulate: int,
         raise
     except Exception as e:  # e.g. accelerator=gpu without a GPU: Lightning's MisconfigurationException
         raise ConfigError(f"trainer: {first_line(e)}") from None
+
+
+def settings(cfg: DictConfig, data_path: Path, lr: float) -> dict[str, Any]:
+    """Everything that changes what training produces, recorded in every checkpoint; a resume
+    under other settings stops with one line naming the change (alpacare/fingerprint.py). Not
+    here: save_every_n_steps, chunked_loss, gradient_checkpointing, release_memory_to_os (same
+    result), and the devices (the effective batch is what counts)."""
+    m, t, tr = cfg.model, cfg.tuning, cfg.train
+    return {
+        "train.data": file_digest(data_path),
+        "model.path": m.path, "model.gguf_file": m.gguf_file, "model.pad_token": m.pad_token,
+        "tuning.method": t.method,
+        **({f"tuning.{k}": t[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+           if t.method != "full" else {}),
+        **({f"tuning.{k}": t[k] for k in ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")}
+           if t.method == "qlora" else {}),
+        "train.lr": lr,
+        **{f"train.{k}": tr[k] for k in ("epochs", "max_steps", "lr_scheduler", "warmup_ratio", "weight_decay",
+                                          "micro_batch_size", "effective_batch_size", "max_length",
+                                          "group_by_length", "packing", "seed")},
+        "trainer.precision": str(cfg.trainer.precision),
+    }
 
 
 def checkpoint_to_resume(train_cfg: DictConfig, checkpoint_dir: Path) -> Optional[str]:
@@ -361,14 +408,24 @@ def checkpoint_to_resume(train_cfg: DictConfig, checkpoint_dir: Path) -> Optiona
 
 
 def full_state_dict(trainer: L.Trainer, model) -> Optional[dict]:
-    """The unsharded weights under FSDP (every rank must call this); None = model.state_dict()."""
+    """The unsharded weights under FSDP (every rank must call this); None = model.state_dict().
+
+    Taken from the FSDP root (the wrapped LightningModule), not from the inner model: parameters
+    outside the wrapped decoder layers (embeddings, final norm, output layer) belong to the root's
+    flat parameter, and the inner module alone would see them as this rank's shard. The keys are
+    then those of the inner model (``model.`` prefix removed), as ``save_pretrained`` expects."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     if not isinstance(trainer.strategy, FSDPStrategy):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    root = trainer.strategy.model
+    # Gathered to CPU from GPUs; on CPU, offloading is a no-op that crashes torch 2.13's FSDP (SIGSEGV in clone).
+    on_gpu = any(p.is_cuda for p in root.parameters())
+    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=on_gpu))
+    prefix = next(name for name, child in trainer.lightning_module.named_children() if child is model) + "."
+    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
 
 
 def model_card(cfg: DictConfig, *, base: str, data_path: Path, stats: dict[str, Any], hparams: dict[str, Any], merged: bool) -> str:
@@ -394,7 +451,7 @@ tunes LLaMA-family models on MedInstruct with Stanford Alpaca's recipe.
 {"This directory holds the LoRA adapter" + (" (base weights 4-bit NF4 during training)" if cfg.tuning.method == "qlora" else "") + "; merged weights are in ../model_merged." if adapter and merged else ("This directory holds the LoRA adapter." if adapter else "This directory holds the full weights.")}
 
 - Base model: `{base}`
-- Training data: `{data_path}`: {stats["examples"]} examples, {stats["truncated"]} truncated to {cfg.train.max_length} tokens, {stats["dropped"]} dropped (prompt alone too long)
+- Training data: `{data_path}`: {stats["examples"]} examples, {stats["truncated"]} truncated to {cfg.train.max_length} tokens, {stats["dropped"]} dropped (prompt alone too long), {stats["empty_outputs"]} dropped (empty output)
 - Prompt: the Stanford Alpaca template (`alpacare/prompts/alpaca.py`); the response follows `### Response:` and ends with EOS.
 
 ## Hyperparameters
@@ -436,8 +493,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     examples, data_stats = tokenize_examples(records, tokenizer, cfg.train.max_length)
     if not examples:
         raise ConfigError(f"train.max_length={cfg.train.max_length}: every prompt in {data_path} is longer; nothing to train on")
-    log.info("train: %d examples (%d truncated, %d dropped), %d tokens", data_stats.examples, data_stats.truncated,
-             data_stats.dropped, data_stats.tokens)
+    log.info("train: %d examples (%d truncated, %d dropped: prompt too long, %d dropped: empty output), %d tokens",
+             data_stats.examples, data_stats.truncated, data_stats.dropped, data_stats.empty_outputs, data_stats.tokens)
 
     # 2. Student.
     world_size = expected_world_size(cfg.trainer)
@@ -449,6 +506,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model = models.load_model(
         cfg.model, cfg.tuning, cfg.cache_dir, tokenizer=tokenizer, device=device,
         fsdp=uses_fsdp(cfg.trainer), gradient_checkpointing=cfg.train.gradient_checkpointing,
+        precision=str(cfg.trainer.precision),
     )
     trainable, total = models.trainable_parameters(model)
     lr = cfg.train.lr if cfg.train.lr is not None else cfg.tuning.lr
@@ -456,7 +514,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # 3. LightningModule.
     module = InstructionTuner(
         model, examples, train_cfg=cfg.train, lr=lr, pad_token_id=tokenizer.pad_token_id,
-        fingerprint=data_fingerprint(data_path, cfg.train.max_length),
+        fingerprint=data_fingerprint(data_path, cfg.train.max_length), settings=settings(cfg, data_path, lr),
     )
 
     # 4. Trainer.
@@ -520,6 +578,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "examples": data_stats.examples,
         "truncated": data_stats.truncated,
         "dropped": data_stats.dropped,
+        "empty_outputs": data_stats.empty_outputs,
+        "boundary_merged": data_stats.boundary_merged,
         "tokens_in_data": data_stats.tokens,
         "steps": trainer.global_step,
         "tokens": throughput.tokens,
@@ -541,7 +601,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         models.save_model_dir(model, tokenizer, MODEL.path(ctx.run_dir), card=card, state_dict=state_dict)
         if merge:
             merged_card = card.replace("library_name: peft", "library_name: transformers")
-            models.save_merged_model(MODEL.path(ctx.run_dir), MERGED_MODEL.path(ctx.run_dir), card=merged_card)
+            models.save_merged_model(MODEL.path(ctx.run_dir), MERGED_MODEL.path(ctx.run_dir), card=merged_card,
+                                     dtype=models.frozen_base_dtype(cfg.tuning.method, str(cfg.trainer.precision)))
         ctx.write_stats(stats)
         ctx.tracker.summary({f"train/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
     trainer.strategy.barrier()
