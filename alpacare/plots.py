@@ -43,7 +43,7 @@ def win_rate_chart(path: Path, rows: list[dict], title: str) -> Path:
     references = list(dict.fromkeys(r["reference"] for r in rows))
     by_key = {(r["test_set"], r["reference"]): r for r in rows}
     width = 0.8 / max(len(references), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(test_sets) * max(len(references), 1) / 2 + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(test_sets) * max(len(references), 1) / 2 + 2), 4.8))
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
     for k, ref in enumerate(references):
         xs, heights, errors = [], [], []

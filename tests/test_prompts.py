@@ -54,3 +54,15 @@ def test_free_text_format_end_to_end(tmp_path, openai_server):
     assert "response_format" not in openai_server.state.requests[0]
     stats = json.loads((run_dir / "instructions" / "stats.json").read_text())
     assert stats["tasks_kept"] == 12 and stats["rejects"] == 0
+
+
+def test_instructions_without_words_are_rejected_not_kept():
+    import json
+
+    from alpacare.prompts.instructions import parse_structured
+
+    task = {"type": "Open Q&A", "topic": "hematology", "view": "Patient", "difficulty": 2, "input": ""}
+    raw = json.dumps({"tasks": [{**task, "instruction": "{"}, {**task, "instruction": "Explain what anemia is."}]})
+    tasks, rejects = parse_structured(raw)
+    assert [t["instruction"] for t in tasks] == ["Explain what anemia is."]
+    assert rejects[0]["reason"] == "instruction has fewer than 3 words"

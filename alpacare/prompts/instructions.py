@@ -161,10 +161,22 @@ def _validated(candidates: list[Any], raw_parts: list[str], closed_types: bool) 
             rejects.append({"raw": raw, "reason": "not an object"})
             continue
         try:
-            tasks.append(validate_task(candidate, where=f"task {i}", closed_types=closed_types))
+            task = validate_task(candidate, where=f"task {i}", closed_types=closed_types)
         except DataError as e:
             rejects.append({"raw": raw, "reason": str(e)})
+            continue
+        if len(_WORD.findall(task["instruction"])) < MIN_INSTRUCTION_WORDS:
+            # A weak teacher fills the field with JSON debris ("{"); ROUGE-L sees no tokens in it,
+            # so dedup would keep every copy.
+            rejects.append({"raw": raw, "reason": f"instruction has fewer than {MIN_INSTRUCTION_WORDS} words"})
+            continue
+        tasks.append(task)
     return tasks, rejects
+
+
+# Fewer than 3 words is debris, not a task (the shortest of the 167 clinician seeds has 6).
+MIN_INSTRUCTION_WORDS = 3
+_WORD = re.compile(r"[^\W\d_]{2,}")
 
 
 def parse_structured(text: str, closed_types: bool = False) -> tuple[list[dict], list[dict]]:

@@ -204,8 +204,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     verdicts, rows, samples = _score(ctx, judged, requests, hashes, replies)
     empty_refs = len(pairs) - len(judged)
     write_jsonl_atomic(VERDICTS.path(ctx.run_dir), verdicts)
-    chart = win_rate_chart(ctx.dir / "win_rates.png", rows, title=f"{_generator(judged)} vs references "
-                           f"(judge: {cfg.model}{', weak local judge' if cfg.launch_local else ''})")
+    n_items = max((r["n"] for r in rows), default=0)
+    chart = win_rate_chart(ctx.dir / "win_rates.png", rows, title=f"{_generator(judged)} vs reference answers (n <= {n_items} per bar)\n"
+                           f"judge: {cfg.model}{' (weak local judge)' if cfg.launch_local else ''}, both orders, SE bars")
     stats = {
         "judge": {"preset": cfg.name, "model": cfg.model, "endpoint": identity, "local": bool(cfg.launch_local),
                   "prompt_version": judge_prompt.PROMPT_VERSION, "temperature": cfg.temperature,
