@@ -469,7 +469,13 @@ def greedy_filter(instructions: Sequence[str], threshold: float, seeds: Sequence
     """Self-instruct/Alpaca filter: keep i iff ROUGE-L(i, t) <= threshold for every seed t and
     every instruction t kept before i. ``progress(n)`` is called as n more instructions are done.
     """
-    threshold = _check_threshold(threshold)
+    return _greedy_walk("greedy", instructions, _check_threshold(threshold), seeds, progress)
+
+
+def _greedy_walk(mode: str, instructions: Sequence[str], threshold: float, seeds: Sequence[str],
+                 progress: Optional[Callable[[int], None]]) -> FilterResult:
+    """Seeds indexed first, then each instruction scored (exact best match) against the index
+    and added to it when its best score is <= ``threshold``."""
     t0 = time.perf_counter()
     instructions, seeds, corpus = _prepare(instructions, seeds)
     n_texts = len(corpus.off) - 1
@@ -490,7 +496,7 @@ def greedy_filter(instructions: Sequence[str], threshold: float, seeds: Sequence
             progress(hi - lo)
     stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]),
              "seconds": round(time.perf_counter() - t0, 3)}
-    return _result("greedy", threshold, keep, best, best_j, corpus, instructions, seeds, stats)
+    return _result(mode, threshold, keep, best, best_j, corpus, instructions, seeds, stats)
 
 
 def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequence[str] = (),
@@ -536,25 +542,5 @@ def max_similarity_to(instructions: Sequence[str], references: Sequence[str],
     other): the greedy walk with only the references indexed and nothing kept, so no instruction
     joins the index. ``nearest_seed[i]`` is the index of the closest reference. Used by the
     report's dataset analysis (generated tasks vs the seed tasks)."""
-    t0 = time.perf_counter()
-    instructions, references, corpus = _prepare(instructions, references)
-    n_texts = len(corpus.off) - 1
-    post, post_start, post_len = _empty_index(corpus)
-    vocab_size = int(corpus.tok.max(initial=0)) + 1
-    ws = _new_workspace(n_texts, vocab_size, corpus.max_len, corpus.max_distinct)
-    keep = np.zeros(n_texts, dtype=np.bool_)
-    best = np.zeros(n_texts, dtype=np.float64)
-    best_j = np.full(n_texts, -1, dtype=np.int64)
-    counters = np.zeros(2, dtype=np.int64)
-    for j in range(corpus.n_seeds):
-        _index_text(j, corpus.feat, corpus.off, post, post_start, post_len)
-    for lo in range(corpus.n_seeds, n_texts, _CHUNK):
-        hi = min(lo + _CHUNK, n_texts)
-        # Threshold -1: every score (>= 0) is "above" it, so nothing is kept or indexed.
-        _greedy_chunk(lo, hi, -1.0, corpus.tok, corpus.feat, corpus.off, post, post_start, post_len,
-                      keep, best, best_j, counters, *ws)
-        if progress is not None:
-            progress(hi - lo)
-    stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]),
-             "seconds": round(time.perf_counter() - t0, 3)}
-    return _result("against_references", -1.0, keep, best, best_j, corpus, instructions, references, stats)
+    # Threshold -1: every score (>= 0) is "above" it, so nothing is kept or indexed.
+    return _greedy_walk("against_references", instructions, -1.0, references, progress)
