@@ -120,6 +120,11 @@ def settings(cfg: Any) -> dict[str, Any]:
     }
 
 
+def check(cfg: Any) -> None:
+    """Before any stage runs: the seed file reads and every seed task is valid (one line if not)."""
+    load_seed_tasks(cfg.instructions.seeds, cfg.cache_dir, closed_types=cfg.instructions.closed_types)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.instructions
     seeds = load_seed_tasks(cfg.seeds, ctx.cfg.cache_dir, closed_types=cfg.closed_types)
