@@ -11,7 +11,8 @@ Every stage module exposes ``run(ctx: StageContext) -> dict``: it reads its inpu
 ``ctx.input_path`` / ``ctx.model_source``, writes its artifacts under ``ctx.dir`` (final files
 atomically, so a crash never leaves one that looks complete), writes ``stats.json`` with
 ``ctx.write_stats`` (last, so its presence means the stage completed), logs to ``ctx.tracker``,
-and returns a short summary for the console.
+and returns a short summary for the console. A module may also expose ``check(cfg)``: cheap checks
+(known names, data files present) that the CLI runs for every selected stage before the first starts.
 """
 
 from __future__ import annotations
