@@ -22,7 +22,6 @@ no plotting; ``load_dataset`` reads a file, ``alpacare/report_charts.py`` draws 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,12 +30,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from alpacare.data.jsonl import read_jsonl
+from alpacare.data.jsonl import read_json_or_jsonl
 from alpacare.data.seeds import DIFFICULTY_RANGE, normalize_type, normalize_view
 from alpacare.errors import DataError
+from alpacare.prompts.alpaca import has_input
 from alpacare.rouge import max_similarity_to, tokenize
 
-NO_INPUT_MARKERS = ("", "<noinput>", "<no input>", "<none>")
 LENGTH_FIELDS = ("instruction", "input", "output")
 CATEGORY_FIELDS = ("type", "view", "difficulty", "topic")
 BIN_EDGES = np.linspace(0.0, 1.0, 21)
@@ -56,20 +55,9 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
     """Records of an Alpaca JSON list or a JSONL file (the content decides, not the suffix). A file
     of another shape is one DataError naming the path (and the record, when one is at fault)."""
     path = Path(path).expanduser()
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an Alpaca JSON or JSONL file") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8") from None
-    if not text.strip():
+    data = read_json_or_jsonl(path)
+    if data == []:
         raise DataError(f"{path}: empty file, expected Alpaca records")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = read_jsonl(path)  # JSONL; a bad line is a DataError naming it
     if isinstance(data, dict):
         data = [data]  # a one-record JSONL file
     if not isinstance(data, list):
@@ -82,10 +70,6 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(record.get("instruction"), str) or not record["instruction"].strip():
             raise DataError(f"{path}: record {i} has no instruction (expected Alpaca records: instruction, input, output)")
     return data
-
-
-def has_input(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().lower() not in NO_INPUT_MARKERS
 
 
 def _type(label: Any) -> Optional[str]:

@@ -64,6 +64,31 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
+def read_json_or_jsonl(path: str | Path) -> Any:
+    """A JSON document, or the records of a JSONL file (``.jsonl``, or JSON that does not parse
+    whole and starts with an object); the content decides, not the suffix. [] for an empty file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a file") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8") from None
+    stripped = text.lstrip()
+    if not stripped:
+        return []
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if stripped.startswith("{"):
+            return read_jsonl(path)  # JSONL under another suffix: one object per line
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
 class AppendLog:
     """Append-only JSONL log that resumes after a crash without losing or duplicating records."""
 

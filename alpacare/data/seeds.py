@@ -22,14 +22,13 @@ Error messages name the file and the record's 0-based index in the file's list o
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 from alpacare.data.fetch import locate_data_file
-from alpacare.data.jsonl import read_jsonl
+from alpacare.data.jsonl import read_json_or_jsonl
 from alpacare.errors import DataError
 from alpacare.prompts.alpaca import NO_INPUT, has_input
 
@@ -227,25 +226,7 @@ def validate_task(record: Any, where: str, closed_types: bool = True) -> dict[st
 
 def _read_task_list(path: Path) -> list[Any]:
     """Read a JSON list, or JSONL (one task per line); the content decides, not the suffix."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a file") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8") from None
-    stripped = text.lstrip()
-    if not stripped:
-        return []
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if stripped.startswith("{"):
-            return read_jsonl(path)  # JSONL under another suffix: one object per line
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    data = read_json_or_jsonl(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of seed tasks, got a JSON {type(data).__name__}")
     return data
