@@ -241,7 +241,7 @@ class TrainConfig:
     # Pack several examples into each max_length row, attention kept within each example
     # (per-example position ids -> block-diagonal mask). Steps then count packed rows, not examples.
     packing: bool = False
-    # Loss over response tokens only, output layer in checkpointed chunks (alpacare/sft.py
+    # Loss over response tokens only, output layer in checkpointed chunks (alpacare/training/data.py
     # response_loss): same value as transformers' labels= loss without the full logits tensor.
     # false = transformers' loss (for comparison; bench_train.py measures both).
     chunked_loss: bool = True
@@ -334,7 +334,7 @@ class BenchmarkConfig:
 
     # Suite name (conf/benchmark/<name>.yaml), for stats and W&B.
     name: str = "smoke"
-    # lm-eval task or group names (alpacare_* tasks shipped in alpacare/benchmarks/tasks/, or tasks in
+    # lm-eval task or group names (alpacare_* tasks shipped in alpacare/evaluation/benchmarks/tasks/, or tasks in
     # benchmark.include_path). Empty = the stage does nothing (benchmark=none).
     tasks: List[str] = field(default_factory=lambda: ["alpacare_smoke_mcq", "alpacare_smoke_meqsum"])
     # Shots per task or group, set by the suite; a group's count applies to each subtask.
@@ -348,7 +348,7 @@ class BenchmarkConfig:
     max_batch_size: int = 64
     # A folder of the user's own lm-eval task YAMLs (lm_eval --include_path).
     include_path: Optional[str] = None
-    # auto = bf16 on a bf16-capable GPU, fp32 on CPU (alpacare/inference.py).
+    # auto = bf16 on a bf16-capable GPU, fp32 on CPU (alpacare/evaluation/inference.py).
     dtype: str = "auto"
     device: str = "auto"
     # hf = transformers through lm-eval's HFLM; vllm = lm-eval's vLLM backend (pip install 'alpacare[vllm]').
@@ -364,7 +364,7 @@ class BenchmarkConfig:
 @dataclass
 class ReportConfig:
     """The ``report`` stage: one page per run (report/report.md and a self-contained report.html)
-    with the paper's dataset analysis (alpacare/analysis.py) next to the seed set."""
+    with the paper's dataset analysis (alpacare/report/analysis.py) next to the seed set."""
 
     # Alpaca JSON/JSONL to analyse; None = this run's responses/train.json, else dedup/kept.jsonl,
     # else instructions/instructions.jsonl (whichever the run has, in that order).

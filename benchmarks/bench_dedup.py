@@ -1,4 +1,4 @@
-"""Benchmark: alpacare.rouge filters against the rouge_score reference, on a realistic corpus.
+"""Benchmark: alpacare.data.rouge filters against the rouge_score reference, on a realistic corpus.
 
 Corpus: the real instructions shipped with the AlpaCare release (167 seed tasks, 216
 MedInstruct-test instructions, 805 AlpacaFarm instructions from model_outputs/*/alpaca_eval),
@@ -203,7 +203,7 @@ def _fmt_s(s: float) -> str:
 def run_side_by_side(sizes: list[int], corpus: list[str], seeds: list[str], threshold: float, workers: int) -> None:
     from multiprocessing import Pool
 
-    from alpacare.rouge import greedy_filter
+    from alpacare.data.rouge import greedy_filter
 
     greedy_filter(corpus[:50], threshold, seeds[:5])  # load numba's cache outside the timings
     print(f"\n== greedy, threshold {threshold}, {len(seeds)} seeds: ours vs rouge_score reference "
@@ -255,7 +255,7 @@ def extrapolate(rows, target_n: int, target: dict) -> None:
 def _child(corpus_file: str, n: int, threshold: float, mode: str) -> None:
     """One size in a fresh process, so ru_maxrss is this size's own peak."""
     t_start = time.perf_counter()
-    from alpacare.rouge import greedy_filter, pairwise_filter
+    from alpacare.data.rouge import greedy_filter, pairwise_filter
 
     data = json.loads(Path(corpus_file).read_text("utf-8"))
     run = greedy_filter if mode == "greedy" else pairwise_filter

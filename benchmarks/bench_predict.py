@@ -5,7 +5,7 @@
     python benchmarks/bench_predict.py --n 64 --max-new-tokens 128 --batch-size 32 --model DIR
 
 Baseline, as in the release: each prompt alone through ``generate`` (greedy), the whole sequence
-decoded and split on "Response:". Ours: ``alpacare.inference.generate``, length-sorted batches
+decoded and split on "Response:". Ours: ``alpacare.evaluation.inference.generate``, length-sorted batches
 with left padding, only new tokens decoded. Both get the same new-token budget. Prints items/s,
 new tokens/s, the speed-up, and how many answers agree.
 """
@@ -45,8 +45,8 @@ def main() -> None:
     from alpacare.config import ModelConfig
     from alpacare.data.eval_sets import load_items
     from alpacare.data.fetch import default_cache_dir
-    from alpacare.inference import Decoding, generate, load_for_inference
-    from alpacare.models import resolve_model_path
+    from alpacare.evaluation.inference import Decoding, generate, load_for_inference
+    from alpacare.training.models import resolve_model_path
     from alpacare.prompts.alpaca import format_prompt
 
     import torch

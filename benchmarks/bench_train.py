@@ -114,9 +114,10 @@ class StepClock:
 def run_ours(args, tuning: str, batching: str, extra: tuple[str, ...] = ()) -> StepClock:
     import lightning.pytorch as L
 
-    from alpacare import models
-    from alpacare.sft import load_alpaca_records, tokenize_examples
-    from alpacare.stages.train import InstructionTuner, return_freed_memory_to_os
+    from alpacare.training import models
+    from alpacare.training.data import load_alpaca_records, tokenize_examples
+    from alpacare.training.module import InstructionTuner
+    from alpacare.training.trainer import return_freed_memory_to_os
 
     cfg = compose_cfg(args, tuning, batching, extra)
     L.seed_everything(0, verbose=False)
@@ -153,8 +154,8 @@ def run_hf(args, tuning: str) -> StepClock:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from alpacare import models
-    from alpacare.sft import IGNORE_INDEX, load_alpaca_records, tokenize_examples
+    from alpacare.training import models
+    from alpacare.training.data import IGNORE_INDEX, load_alpaca_records, tokenize_examples
 
     cfg = compose_cfg(args, tuning, "random")
     tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
@@ -234,7 +235,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_file = Path(tmp) / "bench.json"
         data_file.write_text(json.dumps(realistic_records(args.examples)), encoding="utf-8")
-        from alpacare import models
+        from alpacare.training import models
         from alpacare.config import ModelConfig
 
         models.resolve_model_path(ModelConfig(), args.cache_dir)  # convert once, outside the timings

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from alpacare.analysis import analyze, load_dataset
+from alpacare.report.analysis import analyze, load_dataset
 from alpacare.data.seeds import normalize_type, normalize_view, read_seed_file
 from alpacare.errors import DataError
-from alpacare.rouge import rouge_l
+from alpacare.data.rouge import rouge_l
 from tests.conftest import SHARED_DATA
 
 SEEDS = SHARED_DATA / "med_seed.json"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from alpacare.benchmarks import data as bdata
-from alpacare.benchmarks import summarize, tasks_index
+from alpacare.evaluation.benchmarks import data as bdata
+from alpacare.evaluation.benchmarks import summarize, tasks_index
 from alpacare.errors import DataError
 from tests.conftest import run_cli
 
@@ -140,7 +140,7 @@ def test_a_changed_upstream_file_fails_against_the_recorded_checksum(mirror, tmp
 
 
 def test_fetch_cli_without_network_is_one_line(tmp_path):
-    from alpacare.data.fetch import main
+    from alpacare.data.cli import main
 
     assert main(["benchmarks", "--tasks", "alpacare_medqa_4options", "--dest", str(tmp_path),
                  "--server", "http://127.0.0.1:9", "--raw-base", "http://127.0.0.1:9"]) == 2

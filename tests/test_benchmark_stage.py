@@ -18,7 +18,7 @@ from tests.test_train_support import cache_dir  # noqa: F401  (fixture)
 @pytest.fixture(scope="module")
 def smollm_dir(cache_dir) -> Path:  # noqa: F811  (the train tests' session cache: one conversion)
     from alpacare.config import ModelConfig
-    from alpacare.models import resolve_model_path
+    from alpacare.training.models import resolve_model_path
 
     return Path(resolve_model_path(ModelConfig(), cache_dir))
 

@@ -1,7 +1,7 @@
 """Our local tasks ask the model exactly what lm-eval's built-in tasks ask it.
 
 For every task of the ``medical`` and ``general`` suites, both tasks (lm-eval's own YAML, and ours
-from alpacare/benchmarks/tasks/) read the same hand-written documents in the upstream dataset's
+from alpacare/evaluation/benchmarks/tasks/) read the same hand-written documents in the upstream dataset's
 field layout from a local file (nothing is downloaded), and must build the same requests: the same
 (context, continuation) pairs, few-shot examples included, with the same metrics. MMLU: every one of
 the 57 subjects; BBH: every one of the 27 subtasks (each is a cheap build).
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from alpacare.benchmarks import tasks_index
-from alpacare.benchmarks.make_tasks import FAMILIES, load_flat, localize
+from alpacare.evaluation.benchmarks import tasks_index
+from alpacare.evaluation.benchmarks.make_tasks import FAMILIES, load_flat, localize
 
 pytest.importorskip("lm_eval")
 
@@ -160,7 +160,7 @@ def test_groups_cover_the_same_subtasks_as_upstream():
 
 def test_shipped_yamls_match_what_make_tasks_derives_now(tmp_path, monkeypatch):
     """The committed YAMLs are what make_tasks derives from the installed lm-eval (no drift)."""
-    from alpacare.benchmarks import make_tasks
+    from alpacare.evaluation.benchmarks import make_tasks
 
     monkeypatch.setattr(make_tasks, "OUT", tmp_path)
     make_tasks.main()

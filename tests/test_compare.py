@@ -13,7 +13,7 @@ from tests.test_dedup_stage import RECORDS, write_jsonl
 
 
 def compare(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alpacare.compare", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "alpacare.report.compare", *args], capture_output=True, text=True, cwd=REPO,
                           env=cli_env(tmp_path), timeout=120)
 
 

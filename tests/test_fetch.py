@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from alpacare.data import fetch as fetch_mod
+from alpacare.data.cli import main
 from alpacare.data.fetch import (
     RELEASED_FILES,
     data_dir_candidates,
     fetch,
     fetch_files,
-    main,
     resolve_data_file,
     select_files,
 )
@@ -265,7 +265,7 @@ def test_main_bad_base_url_exits_2_with_one_line(tmp_path, capsys):
 
 def test_console_script_exits_2_without_traceback(tmp_path):
     script = Path(sys.executable).with_name("alpacare-fetch")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "alpacare.data.fetch"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "alpacare.data.cli"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     argv = ["--dest", str(tmp_path / "d"), "--base-url", f"http://127.0.0.1:{closed_port()}/", "--only", SEED]
     proc = subprocess.run(command + argv, capture_output=True, text=True, env=env, timeout=30)

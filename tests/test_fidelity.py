@@ -133,7 +133,7 @@ def test_response_prompt_plain_by_default_and_the_releases_in_the_paper_preset()
 
 
 def test_pairwise_dedup_drops_both_members_and_ignores_seeds():
-    from alpacare.rouge import greedy_filter, pairwise_filter
+    from alpacare.data.rouge import greedy_filter, pairwise_filter
 
     texts = ["Explain the stages of acute kidney injury in adults.",
              "Explain the stages of acute kidney injury in children.",

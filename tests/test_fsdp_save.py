@@ -38,7 +38,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.test_train_support import tiny_llama
 
-    from alpacare.stages.train import full_state_dict
+    from alpacare.training.export import full_state_dict
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

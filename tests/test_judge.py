@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from alpacare.prompts.judge import parse_verdict
-from alpacare.winrates import ItemVerdicts, fit_length_logistic, length_controlled, win_rate_row
+from alpacare.evaluation.winrates import ItemVerdicts, fit_length_logistic, length_controlled, win_rate_row
 from tests.conftest import SHARED_DATA, run_cli
 from tests.openai_server import OpenAITestServer
 from tests.test_pipeline import assert_one_line_error
@@ -54,7 +54,7 @@ def server_reply(body: dict) -> str:
 
 
 def expected_rows(model_outputs: list[str], instructions: list[str], references: dict[str, list[str]], strict: bool):
-    """The expected stats row per reference, computed from judge_reply without alpacare.winrates."""
+    """The expected stats row per reference, computed from judge_reply without alpacare.evaluation.winrates."""
     rows = {}
     for ref, ref_outputs in references.items():
         scores, verdicts, agree, both, unparsed = [], [], 0, 0, 0

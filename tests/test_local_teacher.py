@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from alpacare.llm.server import local_server
-from alpacare.models import embedded_gguf_path
+from alpacare.training.models import embedded_gguf_path
 
 
 def test_embedded_gguf_is_located_without_importing_llm():

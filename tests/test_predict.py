@@ -29,7 +29,7 @@ def _medinstruct(n: int) -> list[str]:
 
 @needs_data
 def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_dir):
-    from alpacare.inference import Decoding, generate, load_for_inference
+    from alpacare.evaluation.inference import Decoding, generate, load_for_inference
 
     im = load_for_inference(str(tiny_model_dir), "predict.model")
     prompts = _medinstruct(8)
@@ -43,7 +43,7 @@ def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_dir):
 
 
 def test_length_sorted_batches_cover_every_index_once():
-    from alpacare.inference import length_sorted_batches
+    from alpacare.evaluation.inference import length_sorted_batches
 
     batches = length_sorted_batches([5, 1, 9, 3, 7], 2)
     assert batches == [[2, 4], [0, 3], [1]]
@@ -126,7 +126,7 @@ def test_adapter_dirs_load_merged_and_answer_like_the_adapter(tmp_path, tiny_mod
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alpacare.inference import load_for_inference
+    from alpacare.evaluation.inference import load_for_inference
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

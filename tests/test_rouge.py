@@ -1,4 +1,4 @@
-"""alpacare.rouge equals rouge_score: tokens, scores (bit for bit) and the filters' kept sets.
+"""alpacare.data.rouge equals rouge_score: tokens, scores (bit for bit) and the filters' kept sets.
 
 The reference filters are the straightforward loops in benchmarks/bench_dedup.py, which score
 pair by pair with rouge_score itself. Strategies draw words from a small vocabulary (with
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
 from alpacare import rouge
-from alpacare.rouge import greedy_filter, pairwise_filter, rouge_l, tokenize
+from alpacare.data.rouge import greedy_filter, pairwise_filter, rouge_l, tokenize
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -23,7 +23,7 @@ from tests.test_train_support import (  # noqa: F401  (fixtures)
 
 from alpacare.errors import ConfigError, DataError
 from alpacare.prompts.alpaca import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt
-from alpacare.sft import (
+from alpacare.training.data import (
     IGNORE_INDEX,
     ExampleRows,
     ResumableBatchSampler,
@@ -38,7 +38,7 @@ from alpacare.sft import (
 def tokenizer(smollm_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from alpacare.models import ensure_pad_token
+    from alpacare.training.models import ensure_pad_token
 
     tok = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
     ensure_pad_token(tok)
@@ -111,7 +111,7 @@ def test_pad_token_differs_from_eos(smollm_tokenizer_dir, tokenizer):
 def test_pad_token_added_and_embeddings_resized_without_unk(smollm_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from alpacare.models import ALPACA_PAD_TOKEN, ensure_pad_token, match_tokenizer
+    from alpacare.training.models import ALPACA_PAD_TOKEN, ensure_pad_token, match_tokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
     tok.unk_token = None
@@ -126,7 +126,7 @@ def test_pad_token_added_and_embeddings_resized_without_unk(smollm_tokenizer_dir
 def test_explicit_alpaca_pad_token(smollm_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from alpacare.models import ensure_pad_token
+    from alpacare.training.models import ensure_pad_token
 
     tok = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
     ensure_pad_token(tok, "[PAD]")
@@ -287,7 +287,7 @@ def test_non_string_output_is_a_data_error(tmp_path):
 
 
 def test_unknown_model_path_is_a_config_error(tmp_path, monkeypatch):
-    from alpacare import models
+    from alpacare.training import models
 
     cfg = compose(["model.path=/no/such/model"])
     with pytest.raises(ConfigError, match=r"^model.path=/no/such/model: not found locally$"):
@@ -299,7 +299,7 @@ def test_unknown_model_path_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_qlora_without_bitsandbytes_is_a_config_error(monkeypatch):
-    from alpacare.models import check_bitsandbytes_usable
+    from alpacare.training.models import check_bitsandbytes_usable
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
     with pytest.raises(ConfigError, match="tuning=qlora: bitsandbytes 4-bit is not usable on cpu .*use tuning=lora"):
@@ -322,7 +322,7 @@ def test_presets_compose_and_validate(overrides):
 
 
 def test_paper_presets_carry_the_paper_values():
-    from alpacare.stages.train import gradient_accumulation
+    from alpacare.training.trainer import gradient_accumulation
 
     cfg = compose(["experiment=paper_7b"])
     assert (cfg.tuning.method, cfg.train.lr, cfg.train.epochs, cfg.train.max_steps) == ("full", 2e-5, 3, -1)
@@ -342,7 +342,7 @@ def test_every_config_file_says_what_it_is():
 
 
 def test_effective_batch_must_divide_evenly():
-    from alpacare.stages.train import expected_world_size, gradient_accumulation
+    from alpacare.training.trainer import expected_world_size, gradient_accumulation
 
     cfg = compose(["train.micro_batch_size=4", "train.effective_batch_size=8"])
     assert gradient_accumulation(cfg.train, 1) == 2

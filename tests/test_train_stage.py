@@ -54,8 +54,8 @@ def _no_pickles(model_dir: Path) -> None:
 @pytest.mark.parametrize("packed", [False, True])
 def test_response_loss_equals_the_models_own_loss_and_gradients(cache_dir, tiny_model_dir, tuning, packed):
     """The chunked response-only loss is the labels= loss of transformers, value and gradients."""
-    from alpacare import models
-    from alpacare.sft import LOSS_CHUNK_TOKENS, collate_rows, response_loss, tokenize_examples
+    from alpacare.training import models
+    from alpacare.training.data import LOSS_CHUNK_TOKENS, collate_rows, response_loss, tokenize_examples
 
     cfg = train_cfg(Path("unused.json"), cache_dir, f"tuning={tuning}", "tuning.lora_r=4", model_dir=tiny_model_dir)
     tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
@@ -168,7 +168,7 @@ class Crash(Exception):
 @pytest.mark.parametrize("packing", [False, True])
 def test_resume_continues_with_the_same_step_schedule_and_data(tmp_path, data, cache_dir, tiny_model_dir, packing,
                                                                monkeypatch):
-    from alpacare.stages.train import InstructionTuner
+    from alpacare.training.module import InstructionTuner
 
     # micro 2, effective 4: a checkpoint every step lands mid-epoch; dropout exercises the saved RNG.
     args = ["train.lr=1e-3", "tuning.lora_dropout=0.1", "train.save_every_n_steps=1", f"train.packing={packing}",

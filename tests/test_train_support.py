@@ -57,7 +57,7 @@ def smollm_tokenizer_dir(tmp_path_factory) -> Path:
     """SmolLM2's tokenizer as shipped: pad == eos == <|im_end|>, unk = <|endoftext|>."""
     from transformers import AutoTokenizer
 
-    from alpacare.models import embedded_gguf_path
+    from alpacare.training.models import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     out = tmp_path_factory.mktemp("smollm-tokenizer")

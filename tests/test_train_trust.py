@@ -48,7 +48,7 @@ def sentencepiece_llama(tmp_path_factory):
 
 
 def test_labels_and_the_inference_prompt_line_up_token_for_token_on_sentencepiece(sentencepiece_llama):
-    from alpacare.sft import tokenize_examples
+    from alpacare.training.data import tokenize_examples
 
     tok = sentencepiece_llama
     records = [{"instruction": "What is HbA1c?", "input": "", "output": "The average glucose of three months."},
@@ -141,7 +141,7 @@ def test_data_stage_work_logs_refuse_other_teacher_settings(tmp_path):
 def test_lora_and_qlora_bases_load_and_merge_in_the_trainer_precision(tmp_path, data_file, cache_dir, tiny_model_dir):
     from safetensors import safe_open
 
-    from alpacare import models
+    from alpacare.training import models
 
     assert models.frozen_base_dtype("lora", "bf16-mixed") == torch.bfloat16
     assert models.frozen_base_dtype("qlora", "bf16-true") == torch.bfloat16
@@ -170,9 +170,9 @@ def test_accumulated_gradient_is_the_mean_over_every_response_token_of_the_step(
     """Two micro-batches of very different answer lengths, accumulated as Lightning does (each
     training_step's value divided by the accumulation), give the gradient of one batch holding both:
     the token mean over the whole step, whatever the batching."""
-    from alpacare import models
-    from alpacare.sft import ExampleRows, ResumableBatchSampler, collate_rows, learned_tokens, response_loss, step_loss
-    from alpacare.sft import tokenize_examples
+    from alpacare.training import models
+    from alpacare.training.data import ExampleRows, ResumableBatchSampler, collate_rows, learned_tokens, response_loss, step_loss
+    from alpacare.training.data import tokenize_examples
 
     cfg = train_cfg(Path("unused.json"), cache_dir, "tuning=full", model_dir=tiny_model_dir)
     tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)

@@ -5,7 +5,7 @@ generations) live in the public GitHub repository ``XZhang97666/AlpaCare``. We f
 files of one pinned commit and check each against a sha256 recorded here, so a moved branch,
 a truncated transfer or a tampered mirror can never feed a run silently different data.
 
-Files land in a data directory laid out like ``/work/shared/alpacare-data`` (note: upstream
+Files land in a data directory laid out like the upstream ``data/`` folder (note: upstream
 spells the folder ``model_ouputs``; locally it is ``model_outputs``). Every download is
 streamed to a temp file beside its target and renamed into place only once its hash matches,
 so a data directory never holds a partial or unverified file.
@@ -15,26 +15,23 @@ an explicit path > ``$ALPACARE_DATA_DIR/<relpath>`` > ``<cache_dir>/data/<relpat
 ``cache_dir`` defaulting to ``$ALPACARE_CACHE_DIR`` or ``~/.cache/alpacare`` (the same default
 as ``Config.cache_dir``).
 
-Console script: ``alpacare-fetch [--dest DIR] [--base-url URL] [--only PATTERN ...]``;
-``alpacare-fetch benchmarks [--tasks T ...]`` fetches the benchmark datasets (alpacare/benchmarks/data.py).
+The ``alpacare-fetch`` console script is alpacare/data/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import hashlib
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 from urllib.parse import quote
 
 import httpx
 
-from alpacare.errors import AlpacareError, DataError
+from alpacare.errors import DataError
 
 UPSTREAM_REPO = "XZhang97666/AlpaCare"
 UPSTREAM_COMMIT = "b469c41bcd7ddd57dd0bc072ef99d017c5cb0e4b"
@@ -59,7 +56,7 @@ class ReleasedFile:
     optional: bool = False
 
 
-# One row per file in /work/shared/alpacare-data/SHA256SUMS.
+# One row per released file, with the checksum the release's SHA256SUMS lists.
 RELEASED_FILES: tuple[ReleasedFile, ...] = (
     ReleasedFile("med_seed.json", "data/med_seed.json",
                  "01626406491f59826f4a7111a25e9d7cf57d5dfdff0b50221e8c4cf6f4e8e7a2"),
@@ -318,64 +315,3 @@ def fetch(
     """
     results = fetch_files(dest, base_url, files, progress)
     return [r.path for r in results if r.status != "unavailable"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Console script
-# ---------------------------------------------------------------------------------------------
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="alpacare-fetch",
-        description=f"Download the AlpaCare data release ({UPSTREAM_REPO}@{UPSTREAM_COMMIT[:7]}), "
-        "verified against pinned sha256 checksums.",
-    )
-    parser.add_argument("--dest", help="target data directory (default: <cache>/data, "
-                        f"cache = ${CACHE_DIR_ENV} or ~/.cache/alpacare)")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                        help="mirror laid out like the upstream repository (default: %(default)s)")
-    parser.add_argument("--only", action="append", metavar="PATTERN",
-                        help="fetch only files matching this relpath, folder or glob (repeatable)")
-    parser.add_argument("--list", action="store_true", help="list the released files and exit")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary")
-    return parser
-
-
-def _summary(results: Sequence[FetchResult], dest: Path) -> str:
-    counts = {status: sum(r.status == status for r in results) for status in ("downloaded", "present", "unavailable")}
-    line = f"{len(results)} files in {dest}: {counts['downloaded']} downloaded, {counts['present']} already present"
-    if counts["unavailable"]:
-        line += f", {counts['unavailable']} optional unavailable"
-    return line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["benchmarks"]:  # alpacare-fetch benchmarks [--tasks ...]: alpacare/benchmarks/data.py
-        from alpacare.benchmarks.data import main as fetch_benchmarks_main
-
-        return fetch_benchmarks_main(argv[1:])
-    args = _build_parser().parse_args(argv)
-    if args.list:
-        for released in select_files(None):
-            print(f"{released.relpath}  {released.sha256}")
-        return 0
-    dest = Path(args.dest).expanduser() if args.dest else default_data_dir()
-    try:
-        results = fetch_files(dest, args.base_url, args.only, progress=not args.quiet)
-    except AlpacareError as e:
-        print(f"alpacare-fetch: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # disk full, permission denied on --dest: still one line, no traceback
-        print(f"alpacare-fetch: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("alpacare-fetch: interrupted", file=sys.stderr)
-        return 130
-    print(_summary(results, dest))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

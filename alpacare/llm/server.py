@@ -68,7 +68,7 @@ def local_server(
     startup_timeout_s: float = 120.0,
 ) -> Iterator[str]:
     """Serve ``gguf`` (default: the embedded SmolLM2) on a free loopback port; yield its /v1 URL."""
-    from alpacare.models import embedded_gguf_path
+    from alpacare.training.models import embedded_gguf_path
 
     model_path = Path(gguf).expanduser() if gguf else embedded_gguf_path()
     if not model_path.is_file():

@@ -130,7 +130,7 @@ def _each(cfg: Any, inp: Input) -> list[dict[str, str]]:
 def check_inputs(cfg: Any, run_dir: Path, stages: list[StageSpec]) -> None:
     """Before anything runs: every input of every selected stage is an explicit path that exists,
     or comes from an earlier selected stage, or is already in the run dir."""
-    from alpacare.inference import check_model_source
+    from alpacare.evaluation.inference import check_model_source
 
     produced: set[str] = set()
     for spec in stages:

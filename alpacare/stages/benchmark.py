@@ -4,7 +4,7 @@ Input: ``benchmark.model`` (model dir, adapter dir or Hugging Face id; default t
 ``train/model``), loaded once by the shared inference loader. Suites are config options
 (``benchmark=medical|general|all|smoke|none``, conf/benchmark/); each states its tasks and, per task,
 the shot count and where that choice comes from. Tasks are lm-eval's own, renamed ``alpacare_*`` and
-reading local files (alpacare/benchmarks/); ``alpacare_meqsum`` is summarization scored with ROUGE-L.
+reading local files (alpacare/evaluation/benchmarks/); ``alpacare_meqsum`` is summarization scored with ROUGE-L.
 
 Outputs: ``benchmark/results.json`` (lm-eval's results dictionary, as ``lm_eval --output_path``
 writes it, native tasks included), ``benchmark/tasks/`` (the resolved task YAMLs: ``lm_eval
@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 import yaml
 
-from alpacare.benchmarks import tasks_index
-from alpacare.benchmarks.data import data_root, verify_files
+from alpacare.evaluation.benchmarks import tasks_index
+from alpacare.evaluation.benchmarks.data import data_root, verify_files
 from alpacare.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import ConfigError, first_line
 from alpacare.stages import BENCHMARK_RESULTS, MODEL, StageContext
@@ -107,8 +107,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not tasks:
         log.info("benchmark: no tasks (benchmark=none)")
         return {"tasks": 0}
-    from alpacare.benchmarks import runner, summarize
-    from alpacare.inference import Decoding, generate, generate_vllm, load_for_inference
+    from alpacare.evaluation.benchmarks import runner, summarize
+    from alpacare.evaluation.inference import Decoding, generate, generate_vllm, load_for_inference
 
     source = ctx.model_source(MODEL)
     root = data_root(ctx.cfg.cache_dir)

@@ -5,7 +5,7 @@ Input: a JSONL of instruction records (``dedup.input=FILE``, else this run's
 and keeps all its other fields. Seeds (``dedup.against_seeds``) are the seed tasks the
 instructions stage uses (``instructions.seeds``).
 
-Modes (``dedup.mode``), both exact with respect to rouge_score (see ``alpacare.rouge``):
+Modes (``dedup.mode``), both exact with respect to rouge_score (see ``alpacare.data.rouge``):
 - greedy: keep an instruction iff its ROUGE-L F against every seed and every instruction kept
   before it is <= ``dedup.threshold`` (self-instruct, Alpaca).
 - pairwise: drop every instruction that has any other instruction (or seed) above the
@@ -33,7 +33,7 @@ import numpy as np
 
 from alpacare.data.jsonl import read_jsonl, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
-from alpacare.rouge import FilterResult, greedy_filter, pairwise_filter
+from alpacare.data.rouge import FilterResult, greedy_filter, pairwise_filter
 from alpacare.stages import INSTRUCTIONS, KEPT, StageContext
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: 
 
 
 def plot_similarity(path: Path, result: FilterResult) -> Path:
-    from alpacare.plots import plt, save_figure
+    from alpacare.report.plots import plt, save_figure
 
     keep = np.zeros(len(result.max_similarity), dtype=bool)
     keep[result.kept] = True

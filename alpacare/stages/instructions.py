@@ -27,7 +27,7 @@ from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.data.seeds import TASK_TYPES, load_seed_tasks, resolve_seed_file, seed_source
 from alpacare.fingerprint import check_settings, file_digest
 from alpacare.llm.client import Completion, Request, endpoint_identity, paid_cost, work_log_usage
-from alpacare.plots import bar_charts
+from alpacare.report.plots import bar_charts
 from alpacare.prompts.instructions import PROMPT_VERSION, build_messages, parse_tasks, task_batch_schema
 from alpacare.stages import INSTRUCTIONS, StageContext
 

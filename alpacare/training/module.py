@@ -1,0 +1,223 @@
+"""The LightningModule that instruction-tunes a causal LM, and its throughput callback.
+
+``InstructionTuner``: the loss (response tokens only, normalized over the optimizer step), AdamW
+with warmup + cosine decay (transformers' schedulers, as in the Alpaca/AlpaCare HF Trainer),
+resumable batches (``ResumableDataLoader``), and checkpoints that carry the RNG state and the
+settings that decide the result, so a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from typing import Any, Optional
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import grad_norm
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from alpacare.errors import ConfigError
+from alpacare.fingerprint import changes, mismatch_error
+from alpacare.training.data import (
+    IGNORE_INDEX,
+    ExampleRows,
+    ResumableBatchSampler,
+    ResumableDataLoader,
+    collate_rows,
+    learned_tokens,
+    response_loss,
+    step_loss,
+)
+from alpacare.training.trainer import peak_memory_bytes
+
+log = logging.getLogger(__name__)
+
+
+class InstructionTuner(L.LightningModule):
+    """A causal LM trained on prompt/response pairs, with batches that resume mid-epoch."""
+
+    def __init__(self, model, examples, *, train_cfg: DictConfig, lr: float, pad_token_id: int, fingerprint: str,
+                 settings: Optional[dict[str, Any]] = None):
+        super().__init__()
+        self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
+        self.examples = examples
+        self.train_cfg = train_cfg
+        self.lr = lr
+        self.pad_token_id = pad_token_id
+        self.fingerprint = fingerprint
+        self.settings = settings or {}
+        # LoRA/QLoRA checkpoints keep only the trainable weights; the frozen base comes from model.path.
+        self.strict_loading = False
+        self._restored_rng: Optional[dict[str, Any]] = None
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def make_sampler(self) -> ResumableBatchSampler:
+        cfg = self.train_cfg
+        return ResumableBatchSampler(
+            [len(e) for e in self.examples],
+            cfg.micro_batch_size,
+            seed=cfg.seed,
+            group_by_length=cfg.group_by_length,
+            pack_to=cfg.max_length if cfg.packing else None,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+            learned=[learned_tokens(e) for e in self.examples],
+            accumulate=self.trainer.accumulate_grad_batches,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return ResumableDataLoader(
+            ExampleRows(self.examples),
+            batch_sampler=self.make_sampler(),
+            collate_fn=partial(collate_rows, pad_token_id=self.pad_token_id),
+            # Tokenized up front and collation is cheap: workers would only add start-up time.
+            num_workers=0,
+            # Its own generator, so building an iterator never consumes the global RNG (dropout).
+            generator=torch.Generator().manual_seed(self.train_cfg.seed),
+        )
+
+    # -- optimization --------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        if self.train_cfg.chunked_loss:
+            loss_sum = response_loss(self.model, batch, reduction="sum")
+        else:  # transformers' own loss over the full [batch, length, vocab] logits
+            loss_sum = self.model(
+                input_ids=batch["input_ids"],
+                labels=batch["labels"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"),
+                use_cache=False,  # with a KV cache, transformers would ignore packed position ids
+            ).loss * learned
+        # Logged: this micro-batch's mean token loss (comparable across runs and batchings).
+        self.log("train/loss", loss_sum.detach() / max(learned, 1), prog_bar=True, batch_size=batch["num_examples"])
+        # Optimized: normalized by the response tokens of the whole optimizer step (sft.step_loss).
+        return step_loss(loss_sum, batch.get("step_tokens", learned), self.trainer.accumulate_grad_batches,
+                         self.trainer.world_size if "step_tokens" in batch else 1)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Before clipping, like the grad_norm HF Trainer logs.
+        norms = grad_norm(self.model, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        cfg = self.train_cfg
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        # HF Trainer (Alpaca/AlpaCare) decays every weight matrix but not biases and norm weights.
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        total_steps = self.total_optimizer_steps()
+        scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(total_steps * cfg.warmup_ratio),  # HF TrainingArguments.get_warmup_steps
+            num_training_steps=total_steps,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run: max_steps when set (it overrides the epochs, as in the
+        HF Trainer), else epochs x steps per epoch (Lightning steps on the last, partial accumulation too)."""
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        batches = len(self.make_sampler())
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+        return per_epoch * self.trainer.max_epochs
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._keeps_trainable_only():
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["alpacare"] = {
+            "data_fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def _keeps_trainable_only(self) -> bool:
+        # Sharded strategies (FSDP, DeepSpeed) save and load their own complete state.
+        frozen = any(not p.requires_grad for p in self.parameters())
+        return frozen and isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("alpacare")
+        if saved is None:
+            raise ConfigError("train.resume: the checkpoint was not written by the alpacare train stage")
+        continue_hint = ("set train.resume=never to start over in this run dir, or train.allow_changed_settings=true "
+                         "to continue it deliberately")
+        if "settings" in saved:
+            diff = changes(saved["settings"], self.settings)
+            if diff and not self.train_cfg.allow_changed_settings:
+                raise mismatch_error("train.resume: the checkpoint", diff, continue_hint)
+            if diff:
+                log.warning("train: resuming a checkpoint made with other settings (%s), as "
+                            "train.allow_changed_settings=true asks", "; ".join(diff))
+        elif saved["data_fingerprint"] != self.fingerprint and not self.train_cfg.allow_changed_settings:
+            raise mismatch_error("train.resume: the checkpoint (an older one, with only a data fingerprint)",
+                                 ["train.data or train.max_length changed"], continue_hint)
+        self._restored_rng = saved
+
+    def on_train_start(self) -> None:
+        # Applied here, after Lightning has restored everything and right before the first batch.
+        if self._restored_rng is not None:
+            torch.set_rng_state(self._restored_rng["torch_rng"])
+            if self._restored_rng["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._restored_rng["cuda_rng"])
+            self._restored_rng = None
+
+
+class ThroughputStats(L.Callback):
+    """Useful (non-pad) tokens per second of training compute, peak memory, run totals."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.examples = 0
+        self.busy_s = 0.0  # forward/backward/optimizer time, without checkpoint writes
+        self.wall_s = 0.0
+        self.start_step = 0
+        self._step_tokens = 0
+        self._step_busy_s = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+        self.start_step = self._last_step = trainer.global_step  # > 0 when resumed
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        busy = time.perf_counter() - self._batch_start
+        self.busy_s += busy
+        self._step_busy_s += busy
+        self.tokens += batch["num_tokens"]
+        self._step_tokens += batch["num_tokens"]
+        self.examples += batch["num_examples"]
+        if trainer.global_step != self._last_step:  # this micro-batch completed an optimizer step
+            pl_module.log("train/tokens_per_s", self._step_tokens / max(self._step_busy_s, 1e-9), prog_bar=True)
+            pl_module.log("train/peak_memory_gb", peak_memory_bytes() / 2**30)
+            self._step_tokens, self._step_busy_s = 0, 0.0
+            self._last_step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.wall_s = time.perf_counter() - self._fit_start
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.busy_s if self.busy_s else 0.0
