@@ -203,9 +203,9 @@ def test_a_paid_judge_without_its_key_fails_before_any_stage_runs(tmp_path):
     ("Tie", "Tie", "Tie"),
     ("output (b)", None, "Output (b)"),
     ("Output (B).", None, "Output (b)"),
-    ('"Output (a)"', None, "Output (a)"),
+    ('"Output (a)"', "Output (a)", "Output (a)"),  # strict = the release's rule: punctuation goes
     ("Verdict: Output (b) because it is accurate.", None, "Output (b)"),
-    ("**Tie**", None, "Tie"),
+    ("**Tie**", "Tie", "Tie"),
     ('{"verdict": "Output (a)"}', "Output (a)", "Output (a)"),
     ("Output (a) is better than Output (b).", None, "Output (a)"),
     ("Both Output (a) and Output (b) are fine.", None, None),
