@@ -151,6 +151,7 @@ def test_paper_prompt_sends_the_releases_request_and_scores_like_it(tmp_path, te
     assert row["win_rate"] == pytest.approx(100 * float(np.nanmean(means)), abs=0.006)
     stats = json.loads((tmp_path / "run" / "judge" / "stats.json").read_text())
     assert stats["judge"]["prompt"] == "paper" and stats["judge"]["max_tokens"] == 100
+    assert stats["lc_model"].startswith("AlpacaEval 2 length_controlled_minimal")
 
 
 @needs_release

@@ -34,7 +34,7 @@ from alpacare.llm.client import Completion, Ledger, Request, endpoint_identity, 
 from alpacare.report.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
-from alpacare.evaluation.winrates import ItemVerdicts, dropped, win_rate_row
+from alpacare.evaluation.winrates import LC_MODEL, ItemVerdicts, dropped, win_rate_row
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                   "strict_parsing": bool(cfg.strict_parsing)},
         "weak_judge": bool(cfg.launch_local),
         "win_rates": rows,
+        "lc_model": LC_MODEL,
+        "lc_se": f"bootstrap over items, {cfg.bootstrap} resamples" if cfg.bootstrap > 1 else None,
         "pairs": len(judged),
         "verdicts_requested": len(requests),
         "empty_references_excluded": empty_refs,
