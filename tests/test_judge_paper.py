@@ -152,6 +152,9 @@ def test_paper_prompt_sends_the_releases_request_and_scores_like_it(tmp_path, te
     stats = json.loads((tmp_path / "run" / "judge" / "stats.json").read_text())
     assert stats["judge"]["prompt"] == "paper" and stats["judge"]["max_tokens"] == 100
     assert stats["lc_model"].startswith("AlpacaEval 2 length_controlled_minimal")
+    source = stats["judge"]["prompt_source"]
+    assert source["release"].endswith("@b469c41bcd7ddd57dd0bc072ef99d017c5cb0e4b")
+    assert source[RELEASE_PROMPT_FILE] == "c668196c3357383c3a8f5c8b5b61c5a4c254df400e5e04087d8913c83e629b8e"
 
 
 @needs_release

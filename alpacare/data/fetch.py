@@ -191,13 +191,19 @@ def resolve_data_file(
     return found[0] if found else None
 
 
+def released_file(relpath: str) -> ReleasedFile:
+    """The pinned table's row for ``relpath``."""
+    released = next((f for f in RELEASED_FILES if f.relpath == relpath), None)
+    if released is None:
+        raise DataError(f"{relpath}: not a pinned release file")
+    return released
+
+
 def verified_release_file(relpath: str, cache_dir: str | Path | None = None) -> Path:
     """A pinned file whose exact bytes matter (a protocol file read as text): found like
     ``resolve_data_file`` and checked against its sha256 on every read, so an edited copy can
     never stand in for the release's wording. DataError when missing or different."""
-    released = next((f for f in RELEASED_FILES if f.relpath == relpath), None)
-    if released is None:
-        raise DataError(f"{relpath}: not a pinned release file")
+    released = released_file(relpath)
     path = resolve_data_file(relpath, cache_dir=cache_dir)
     if path is None:
         raise DataError(f"{relpath}: not found in ${DATA_DIR_ENV} or the data cache; "

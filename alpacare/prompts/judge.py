@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from alpacare.data.fetch import verified_release_file
+from alpacare.data.fetch import UPSTREAM_COMMIT, UPSTREAM_REPO, released_file, verified_release_file
 from alpacare.errors import DataError
 
 VERDICTS = ("Output (a)", "Output (b)", "Tie")
@@ -100,6 +100,12 @@ class ReleaseJudge:
 
     system: str
     template: str
+
+    @staticmethod
+    def source() -> dict[str, str]:
+        """Where the wording comes from, for stats: the release commit and each file's sha256."""
+        return {"release": f"{UPSTREAM_REPO}@{UPSTREAM_COMMIT}",
+                **{relpath: released_file(relpath).sha256 for relpath in (RELEASE_PROMPT_FILE, RELEASE_SCRIPT_FILE)}}
 
     def messages(self, instruction: str, input: str, output_a: str, output_b: str) -> tuple[dict[str, str], ...]:
         values = {"instruction": release_instruction(instruction, input), "output_1": output_a, "output_2": output_b}

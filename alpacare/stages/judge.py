@@ -230,6 +230,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     stats = {
         "judge": {"preset": cfg.name, "model": cfg.model, "endpoint": identity, "local": bool(cfg.launch_local),
                   "prompt": cfg.prompt, "prompt_version": judge_prompt.PROMPT_VERSION if cfg.prompt == "ours" else None,
+                  "prompt_source": judge_prompt.ReleaseJudge.source() if cfg.prompt == "paper" else "alpacare/prompts/judge.py",
                   "temperature": cfg.temperature, "max_tokens": max_tokens(cfg),
                   "strict_parsing": bool(cfg.strict_parsing)},
         "weak_judge": bool(cfg.launch_local),
