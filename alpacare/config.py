@@ -313,14 +313,27 @@ class JudgeConfig(EndpointConfig):
     references: List[str] = field(default_factory=lambda: ["text-davinci-003", "gpt-3.5-turbo", "gpt-4", "claude-2"])
     # First N items of each test set; None = all.
     limit: Optional[int] = None
-    # true = the release's parser: an exact verdict string, and an item with any unparsed order is
-    # dropped. false = lenient (case, punctuation, a short explanation; JSON {"verdict": ...}).
+    # ours (default) = our wording: a rubric (correct, helpful, complete) and a request to ignore
+    # order and length, which the release's prompt lacks, so a weak or biased judge errs less.
+    # paper = the release's exact request (system message, prompt file + "\n", temperature 0,
+    # top_p 1, max_tokens 100, no response schema), read from its pinned files (alpacare-fetch);
+    # the paper presets use it, for win rates that sit beside the paper's Figure 2.
+    # Both: alpacare/prompts/judge.py.
+    prompt: str = "ours"
+    # true = the release's rule (evaluation/evaulation.py): the reply with "Output (a)"/"Output (b)"
+    # replaced by the systems' names, reduced to letters and digits, must be a name, else "Tie"
+    # anywhere is a tie; an item counts only when both orders parse. false = lenient (case,
+    # punctuation, a short explanation; JSON {"verdict": ...}).
     strict_parsing: bool = False
-    # Paper: temperature 0. A verdict is a few tokens; room for a short explanation after it.
+    # Paper: temperature 0.
     temperature: float = 0.0
-    max_tokens: int = 32
-    # Bootstrap resamples for the length-controlled win rate's standard error.
-    bootstrap: int = 500
+    # None = the prompt's own: 32 for ours (a verdict and a short explanation), 100 for paper
+    # (the release's gpt_eval.py).
+    max_tokens: Optional[int] = None
+    # Bootstrap resamples for the length-controlled win rate's standard error. Each resample reruns
+    # AlpacaEval's cross-validated fit (50 small fits); 200 keeps the SE's own relative error near
+    # 1/sqrt(2 * 200) = 5%.
+    bootstrap: int = 200
     # Items with both answers and verdicts shown in the W&B sample table.
     samples_to_log: int = 20
     seed: int = 0
@@ -459,7 +472,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.train.save_every_n_steps > 0, "train.save_every_n_steps", "must be positive")
     _check(cfg.train.resume in ("auto", "never") or bool(cfg.train.resume), "train.resume", "must be auto, never or a checkpoint path")
     _check(cfg.judge.limit is None or cfg.judge.limit > 0, "judge.limit", "must be positive")
-    _check(cfg.judge.max_tokens > 0, "judge.max_tokens", "must be positive")
+    _check(cfg.judge.max_tokens is None or cfg.judge.max_tokens > 0, "judge.max_tokens", "must be positive")
+    _check(cfg.judge.prompt in ("ours", "paper"), "judge.prompt", f"must be ours or paper, got {cfg.judge.prompt!r}")
     _check(cfg.judge.bootstrap >= 0, "judge.bootstrap", "must be >= 0")
     _check(cfg.predict.limit is None or cfg.predict.limit > 0, "predict.limit", "must be positive")
     _check(cfg.predict.max_new_tokens > 0, "predict.max_new_tokens", "must be positive")

@@ -116,18 +116,28 @@ def files_under(path: Path) -> list[Path]:
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "SHA256SUMS").is_file(), reason="released AlpaCare data not available")
-def test_table_pins_every_file_of_the_release():
+def _sums(path: Path, prefix: str = "") -> dict[str, str]:
     sums = {}
-    for line in (SHARED_DATA / "SHA256SUMS").read_text().splitlines():
+    for line in path.read_text().splitlines():
         digest, name = line.split(maxsplit=1)
-        sums[name.removeprefix("./")] = digest
-    assert {f.relpath: f.sha256 for f in RELEASED_FILES} == sums
+        sums[prefix + name.removeprefix("./")] = digest
+    return sums
+
+
+def test_table_pins_every_file_of_the_release():
+    data = {f.relpath: f.sha256 for f in RELEASED_FILES if not f.relpath.startswith("release/")}
+    assert data == _sums(SHARED_DATA / "SHA256SUMS")
+    # The protocol files the project reads carry the sums of the release's own SHA256SUMS.
+    protocol = {f.relpath: f.sha256 for f in RELEASED_FILES if f.relpath.startswith("release/")}
+    assert protocol and protocol.items() <= _sums(SHARED_DATA / "release" / "SHA256SUMS", "release/").items()
 
 
 def test_upstream_paths_use_the_upstream_spelling():
     for f in RELEASED_FILES:
         if f.relpath.startswith("model_outputs/"):
             assert f.upstream == "data/model_ouputs/" + f.relpath.removeprefix("model_outputs/")
+        elif f.relpath.startswith("release/"):  # the release's protocol files: repository root
+            assert f.upstream == f.relpath.removeprefix("release/")
         elif f.relpath != "DATA_LICENSE":
             assert f.upstream == "data/" + f.relpath
     assert fetch_mod.DEFAULT_BASE_URL.endswith("/b469c41bcd7ddd57dd0bc072ef99d017c5cb0e4b/")

@@ -10,11 +10,9 @@ import math
 import statistics
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from alpacare.prompts.judge import parse_verdict
-from alpacare.evaluation.winrates import ItemVerdicts, fit_length_logistic, length_controlled, win_rate_row
 from tests.conftest import SHARED_DATA, run_cli
 from tests.openai_server import OpenAITestServer
 from tests.test_pipeline import assert_one_line_error
@@ -203,9 +201,9 @@ def test_a_paid_judge_without_its_key_fails_before_any_stage_runs(tmp_path):
     ("Tie", "Tie", "Tie"),
     ("output (b)", None, "Output (b)"),
     ("Output (B).", None, "Output (b)"),
-    ('"Output (a)"', None, "Output (a)"),
+    ('"Output (a)"', "Output (a)", "Output (a)"),  # strict = the release's rule: punctuation goes
     ("Verdict: Output (b) because it is accurate.", None, "Output (b)"),
-    ("**Tie**", None, "Tie"),
+    ("**Tie**", "Tie", "Tie"),
     ('{"verdict": "Output (a)"}', "Output (a)", "Output (a)"),
     ("Output (a) is better than Output (b).", None, "Output (a)"),
     ("Both Output (a) and Output (b) are fine.", None, None),
@@ -216,43 +214,6 @@ def test_a_paid_judge_without_its_key_fails_before_any_stage_runs(tmp_path):
 def test_parse_verdict(reply, strict, lenient):
     assert parse_verdict(reply, strict=True) == strict
     assert parse_verdict(reply, strict=False) == lenient
-
-
-# -- statistics --------------------------------------------------------------------------------
-
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
-def test_length_controlled_win_rate_on_data_with_a_known_answer():
-    # Two equal groups: model answers 100 chars longer win 80%, 100 chars shorter win 30%. The
-    # saturated logistic model fits both rates, so its intercept is the mean of the two logits.
-    items = []
-    for k in range(40):
-        longer = k < 20
-        wins = 16 if longer else 6  # of 20 in the group
-        won = (k % 20) < wins
-        v = "model" if won else "reference"
-        items.append(ItemVerdicts(v, v, 400 if longer else 200, 300))
-    lc, se = length_controlled(items, strict=False, bootstrap=200, seed=0)
-    expected = 100 / (1 + math.exp(-(_logit(0.8) + _logit(0.3)) / 2))
-    assert lc == pytest.approx(expected, abs=0.05)
-    assert 3 < se < 15
-    # With equal lengths there is nothing to control for: LC equals the raw win rate.
-    equal = [ItemVerdicts(v, "tie", 300, 300) for v in ["model"] * 7 + ["reference"] * 3]
-    row = win_rate_row(equal, strict=False, bootstrap=0)
-    assert row["lc_win_rate"] == pytest.approx(row["win_rate"], abs=0.01) == 60.0
-    assert row["tie_rate"] == 50.0 and row["consistency"] == 0.0
-
-
-def test_logistic_fit_recovers_known_coefficients():
-    rng = np.random.default_rng(0)
-    diff = rng.normal(0, 100, 20000)
-    x = np.tanh(diff / np.std(diff))
-    p = 1 / (1 + np.exp(-(0.4 + 1.5 * x)))
-    y = (rng.random(diff.size) < p).astype(float)
-    b0, b1 = fit_length_logistic(diff, y)
-    assert b0 == pytest.approx(0.4, abs=0.05) and b1 == pytest.approx(1.5, abs=0.1)
 
 
 @needs_data

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -399,9 +400,9 @@ def test_pairwise_round_trip(pairwise_export, tmp_path):
     returned.parent.mkdir()
     fill(pairwise_export / "pairwise.csv", returned, lambda i, _r: verdicts[i], reviewer="Dr B")
     s = json.loads(ok(review(tmp_path, "pairwise-import", returned, "--key", pairwise_export, "--json")).stdout)
-    assert (s["n"], s["wins_a"], s["wins_b"], s["ties"]) == (20, 11, 5, 4)
+    assert (s["n"], s["wins_a"], s["wins_b"], s["ties"], s["n_items_rated"]) == (20, 11, 5, 4, 20)
     assert s["win_rate"] == pytest.approx((11 + 0.5 * 4) / 20)
-    low, high = wilson(13, 20)
+    low, high = t_interval_of([1.0] * 11 + [0.0] * 5 + [0.5] * 4)
     assert s["ci_low"] == pytest.approx(low) and s["ci_high"] == pytest.approx(high)
     assert s["systems"]["a"]["name"] == "sys_alpha_zz" and s["judge_agreement"] is None
     assert s["items"][0]["winners"] == {"Dr B": "a"}
@@ -417,9 +418,37 @@ def test_pairwise_round_trip(pairwise_export, tmp_path):
     assert s2["win_rate"] == s["win_rate"]
     two = json.loads(ok(review(tmp_path, "pairwise-import", returned, form, "--key", pairwise_export, "--json")).stdout)
     assert two["n"] == 40 and two["agreement"]["cohen_kappa"] == pytest.approx(1.0)
+    # Two reviewers who agree are one opinion per item, not twice the evidence: the same 20 item
+    # scores, the same interval (pooling 40 verdicts would narrow it by sqrt(2)).
+    assert two["n_items_rated"] == 20 and two["win_rate"] == pytest.approx(s["win_rate"])
+    assert (two["ci_low"], two["ci_high"]) == pytest.approx((s["ci_low"], s["ci_high"]))
     # an audit file given to pairwise-import is refused by name
     line = one_line_error(review(tmp_path, "audit-import", form))
     assert "'pairwise' review file" in line
+
+
+def t_interval_of(scores: list[float]) -> tuple[float, float]:
+    """Independent 95% t interval of a mean: mean -/+ t(0.975, n-1) * stdev / sqrt(n)."""
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(scores) - 1) * statistics.stdev(scores) / math.sqrt(len(scores))
+    return statistics.mean(scores) - half, statistics.mean(scores) + half
+
+
+def test_pairwise_interval_is_over_items_with_reviewers_averaged_first(pairwise_export, tmp_path):
+    key = json.loads((pairwise_export / "pairwise_key.json").read_text())
+    # Reviewer 1 as winner_pattern; reviewer 2 the same except items 1-6, where b wins: those items
+    # score (1 + 0) / 2 = 0.5 each.
+    first = blinded(key, winner_pattern)
+    second = blinded(key, lambda i: "b" if i <= 6 else winner_pattern(i))
+    one = fill(pairwise_export / "pairwise.csv", tmp_path / "one.csv", lambda i, _r: first[i], reviewer="R1")
+    two = fill(pairwise_export / "pairwise.csv", tmp_path / "two.csv", lambda i, _r: second[i], reviewer="R2")
+    s = json.loads(ok(review(tmp_path, "pairwise-import", one, two, "--key", pairwise_export, "--json")).stdout)
+    items = [0.5] * 6 + [1.0] * 5 + [0.0] * 5 + [0.5] * 4  # items 1-6, 7-11, 12-16, 17-20
+    low, high = t_interval_of(items)
+    assert s["n"] == 40 and s["n_items_rated"] == 20 and s["win_rate"] == pytest.approx(statistics.mean(items))
+    assert s["ci_low"] == pytest.approx(low) and s["ci_high"] == pytest.approx(high)
+    assert s["reviewers"]["R2"]["n_items_rated"] == 20
 
 
 def test_pairwise_integrity(pairwise_export, tmp_path):
@@ -504,6 +533,35 @@ def test_pairwise_judge_agreement(pairwise_export, tmp_path):
                                    run / "judge" / "verdicts.jsonl", "--judge-reference", "gpt-4",
                                    "--judge-model-system", "b")).stdout)["judge_agreement"]
     assert flipped["model_system"] == "b" and flipped["agreement"] != pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_judge_agreement_matches_items_by_index_when_instructions_are_shared(tmp_path, n):
+    # iCliniq: every item has the same instruction; only the position tells them apart.
+    instruction = "If you are a doctor, please answer the medical questions based on the patient's description."
+    a, b = tmp_path / "ours" / "icliniq.jsonl", tmp_path / "gpt-4" / "iCliniq_output.jsonl"
+    for path, who in ((a, "ours"), (b, "gpt-4")):
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps({"instruction": instruction, "input": f"Patient {i} has a cough.",
+                                            "output": f"{who} answer {i}"}) + "\n" for i in range(20)))
+    ok(review(tmp_path, "pairwise-export", "--a", a, "--b", b, "--n", n, "--seed", 1, "--out", tmp_path / "pw"))
+    key = json.loads((tmp_path / "pw" / "pairwise_key.json").read_text())
+    study = {it["source_index"] for it in key["items"]}
+    # Humans prefer ours (a) on every study item; the judge prefers ours on exactly those items
+    # and the reference on all others, which share the instruction.
+    verdicts = blinded(key, lambda i: "a")
+    back = fill(tmp_path / "pw" / "pairwise.csv", tmp_path / "pw" / "back.csv", lambda i, _r: verdicts[i])
+    judge = [{"test_set": "icliniq", "reference": "gpt-4", "index": i, "instruction": instruction, "order": order,
+              "verdict": "model" if i in study else "reference", "raw": ""}
+             for i in range(20) for order in ("model_first", "reference_first")]
+    verdicts_file = tmp_path / "verdicts.jsonl"
+    verdicts_file.write_text("".join(json.dumps(r) + "\n" for r in judge))
+    j = json.loads(ok(review(tmp_path, "pairwise-import", back, "--json", "--judge-verdicts", verdicts_file)).stdout)["judge_agreement"]
+    assert j["n_items"] == n and j["agreement"] == 1.0 and j["judge_win_rate"] == 1.0
+    # A verdict without an item index cannot be matched: one clear line.
+    verdicts_file.write_text(json.dumps({**judge[0], "index": None}) + "\n")
+    line = one_line_error(review(tmp_path, "pairwise-import", back, "--judge-verdicts", verdicts_file))
+    assert "record 1: no item index" in line
 
 
 RELEASED_A = SHARED_DATA / "model_outputs" / "AlpaCare-7b" / "medinstruct" / "seed_0.json"

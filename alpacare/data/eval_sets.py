@@ -114,8 +114,18 @@ def check_eval_set(spec: str, key: str, cache_dir: str | Path | None = None) -> 
         raise ConfigError(f"{key}: unknown test set {spec!r}; choose from {sorted(EVAL_SETS)} or give a JSON/JSONL file")
 
 
-def load_items(spec: str, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The test set's items in order: ``{index, id, instruction, input}`` (input "" when none)."""
+def load_items(spec: str, cache_dir: str | Path | None = None, raw: bool = False) -> list[dict[str, Any]]:
+    """The test set's items in order: ``{index, id, instruction, input}`` (input "" when none);
+    with ``raw``, also ``instruction_raw`` and ``input_raw``, the file's exact text (unstripped),
+    which the release's judge shows (judge.prompt=paper)."""
+    items = _items(spec, cache_dir)
+    if not raw:
+        for item in items:
+            del item["instruction_raw"], item["input_raw"]
+    return items
+
+
+def _items(spec: str, cache_dir: str | Path | None) -> list[dict[str, Any]]:
     if spec not in EVAL_SETS:
         return _user_items(Path(spec).expanduser())
     t = EVAL_SETS[spec]
@@ -124,9 +134,15 @@ def load_items(spec: str, cache_dir: str | Path | None = None) -> list[dict[str,
     for i, r in enumerate(records):
         instruction = t.fixed_instruction if t.items.instruction is None else r.get(t.items.instruction, "")
         raw_input = r.get(t.items.input, "") if t.items.input else ""
-        items.append({"index": i, "id": str(r.get("id", i)), "instruction": str(instruction).strip(),
-                      "input": str(raw_input).strip() if has_input(raw_input) else ""})
+        items.append(_item(i, r, str(instruction), str(raw_input)))
     return items
+
+
+def _item(index: int, record: dict[str, Any], instruction: str, raw_input: str) -> dict[str, Any]:
+    """One test item, with the file's exact texts as ``instruction_raw`` and ``input_raw``."""
+    shown_input = raw_input if has_input(raw_input) else ""
+    return {"index": index, "id": str(record.get("id", index)), "instruction": instruction.strip(),
+            "input": shown_input.strip(), "instruction_raw": instruction, "input_raw": shown_input}
 
 
 def _user_items(path: Path) -> list[dict[str, Any]]:
@@ -138,9 +154,7 @@ def _user_items(path: Path) -> list[dict[str, Any]]:
         instruction = r.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             raise DataError(f"{path}: record {i + 1} has no instruction")
-        raw_input = r.get("input") or ""
-        items.append({"index": i, "id": str(r.get("id", i)), "instruction": instruction.strip(),
-                      "input": str(raw_input).strip() if has_input(str(raw_input)) else ""})
+        items.append(_item(i, r, instruction, str(r.get("input") or "")))
     return items
 
 
@@ -149,8 +163,9 @@ def _normalized(text: str) -> str:
 
 
 def load_reference(test_set: str, model: str, items: list[dict[str, Any]],
-                   cache_dir: str | Path | None = None) -> list[str]:
-    """``model``'s released answers to ``items``, aligned by position and checked by text."""
+                   cache_dir: str | Path | None = None, raw: bool = False) -> list[str]:
+    """``model``'s released answers to ``items``, aligned by position and checked by text;
+    stripped, or with ``raw`` exactly as released (the release's judge shows them so)."""
     t = EVAL_SETS[test_set]
     if model not in t.references:
         raise ConfigError(f"judge.references: {test_set} has no {model!r} reference; it has {sorted(t.references)}")
@@ -168,5 +183,6 @@ def load_reference(test_set: str, model: str, items: list[dict[str, Any]],
             raise DataError(f"{where}: input differs from {test_set} item {item['index']} (misaligned files)")
         if source.input_inside and _normalized(item["input"])[:200] not in _normalized(r.get(source.input_inside, "")):
             raise DataError(f"{where}: the patient text of {test_set} item {item['index']} is not in its prompt (misaligned files)")
-        answers.append(str(r.get(source.output) or "").strip())
+        answer = str(r.get(source.output) or "")
+        answers.append(answer if raw else answer.strip())
     return answers

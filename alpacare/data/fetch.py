@@ -6,7 +6,9 @@ files of one pinned commit and check each against a sha256 recorded here, so a m
 a truncated transfer or a tampered mirror can never feed a run silently different data.
 
 Files land in a data directory laid out like the upstream ``data/`` folder (note: upstream
-spells the folder ``model_ouputs``; locally it is ``model_outputs``). Every download is
+spells the folder ``model_ouputs``; locally it is ``model_outputs``), plus the few protocol files
+of the release that a paper preset reads (the judge's prompt and script) under ``release/<upstream
+path>``. Every download is
 streamed to a temp file beside its target and renamed into place only once its hash matches,
 so a data directory never holds a partial or unverified file.
 
@@ -107,6 +109,13 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
     ReleasedFile("model_outputs/medalpaca-7b/medinstruct/seed_0.json",
                  "data/model_ouputs/medalpaca-7b/medinstruct/seed_0.json",
                  "a009193812aff199f14ce7823534a964c49975d5433f20f2499f7ce7e2eb9ea1"),
+    # The release's judge protocol (code license Apache-2.0), read by judge.prompt=paper
+    # (alpacare/prompts/judge.py): the prompt file and the script that holds the system message.
+    # Locally under release/<upstream path>, as in /work/shared/alpacare-data/release/.
+    ReleasedFile("release/prompt/alpaca_eval_chat_gpt.txt", "prompt/alpaca_eval_chat_gpt.txt",
+                 "c668196c3357383c3a8f5c8b5b61c5a4c254df400e5e04087d8913c83e629b8e"),
+    ReleasedFile("release/evaluation/gpt_eval.py", "evaluation/gpt_eval.py",
+                 "18a342baf5e99aa80ce75560ce82e33d33ce49489e9db558735d3dcca3a68910"),
     # The CC BY-NC 4.0 text that governs the files above. Its upstream location (repository
     # root, as in Stanford Alpaca) could not be verified offline, hence optional.
     ReleasedFile("DATA_LICENSE", "DATA_LICENSE",
@@ -180,6 +189,30 @@ def resolve_data_file(
     """
     found = locate_data_file(relpath, explicit, cache_dir)
     return found[0] if found else None
+
+
+def released_file(relpath: str) -> ReleasedFile:
+    """The pinned table's row for ``relpath``."""
+    released = next((f for f in RELEASED_FILES if f.relpath == relpath), None)
+    if released is None:
+        raise DataError(f"{relpath}: not a pinned release file")
+    return released
+
+
+def verified_release_file(relpath: str, cache_dir: str | Path | None = None) -> Path:
+    """A pinned file whose exact bytes matter (a protocol file read as text): found like
+    ``resolve_data_file`` and checked against its sha256 on every read, so an edited copy can
+    never stand in for the release's wording. DataError when missing or different."""
+    released = released_file(relpath)
+    path = resolve_data_file(relpath, cache_dir=cache_dir)
+    if path is None:
+        raise DataError(f"{relpath}: not found in ${DATA_DIR_ENV} or the data cache; "
+                        f"run `alpacare-fetch --only {relpath}`")
+    got = file_sha256(path)
+    if got != released.sha256:
+        raise DataError(f"{path}: differs from the pinned release file (sha256 {got[:12]}..., expected "
+                        f"{released.sha256[:12]}...); delete it and run `alpacare-fetch --only {relpath}`")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,14 +45,18 @@ pairwise_summary.json::
     kind            "pairwise"
     package_id, package_hash
     systems         {"a": {"name", "file"}, "b": {"name", "file"}}
-    seed, key_file, n_items, n_reviewers, confidence (0.95), interval ("wilson"), scoring ("win 1, tie 0.5")
-    n, wins_a, wins_b, ties      verdicts pooled over reviewers
-    win_rate        system a's score: (wins_a + ties / 2) / n
-    ci_low, ci_high Wilson interval with k = wins_a + ties / 2
+    seed, key_file, n_items, n_reviewers, confidence (0.95), interval (how it is computed), scoring ("win 1, tie 0.5")
+    n, wins_a, wins_b, ties      verdicts, counted over all reviewers
+    n_items_rated   items with at least one verdict
+    win_rate        system a's score: per item the mean over its reviewers (a 1, tie 0.5, b 0), then the mean over items
+    ci_low, ci_high 95% Student-t interval of that mean over the n_items_rated item scores (clipped to [0, 1];
+                    null with one item): reviewers of one item are not independent samples, so the
+                    interval is over items, not over reviewers x items
     first_shown_preferred        share of decisive verdicts that chose the answer shown as A (position bias)
-    reviewers       {name: {"file", "unrated", "n", "wins_a", "wins_b", "ties", "win_rate", "ci_low", "ci_high"}}
+    reviewers       {name: {"file", "unrated", "n", "wins_a", "wins_b", "ties", "n_items_rated", "win_rate", "ci_low", "ci_high"}}
     agreement       null with one reviewer, else as for the audit (classes a / b / tie)
-    judge_agreement null without judge verdicts, else {"file", "test_set", "reference", "model_system",
+    judge_agreement null without judge verdicts (matched to study items by test-set index, instruction
+                    checked), else {"file", "test_set", "reference", "model_system",
                     "model_name", "reference_name", "n_items" (shared items), "unparsed_verdicts",
                     "agreement" (same side: model / tie / reference), "cohen_kappa" (3 classes),
                     "human_win_rate", "judge_win_rate" (of the model, on the shared items),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -12,7 +13,7 @@ from alpacare.errors import DataError
 from alpacare.review.audit import file_sha256
 from alpacare.review.package import KEY_FORMAT, PAIRWISE, Package, check_all, write_package
 from alpacare.review.sampling import align, load_outputs, system_name
-from alpacare.review.stats import cohen_kappa, fleiss_kappa, percent_agreement, proportion
+from alpacare.review.stats import cohen_kappa, fleiss_kappa, percent_agreement, t_interval
 
 TITLE = "Blinded answer comparison"
 INTRO = ("Each item is a task and two answers, A and B, written by two different systems (which is which "
@@ -22,6 +23,8 @@ INTRO = ("Each item is a task and two answers, A and B, written by two different
          "answers are kept in this browser as you go; when done, press \u201cSave answers\u201d and send "
          "the downloaded file back.")
 JUDGE_SCORES = {"model": 1.0, "tie": 0.5, "reference": 0.0}
+SCORE_A = {"a": 1.0, "tie": 0.5, "b": 0.0}  # system a's score for one verdict
+INTERVAL = "t over items (each item's verdicts averaged over its reviewers first)"
 
 
 def export_pairwise(path_a: Path, path_b: Path, out_dir: Path, names: Optional[list[str]] = None,
@@ -61,13 +64,23 @@ def export_pairwise(path_a: Path, path_b: Path, out_dir: Path, names: Optional[l
             "names": (name_a, name_b)}
 
 
-def _score(winners: list[str]) -> dict[str, Any]:
-    """Win rate of system a: win 1, tie 0.5, with a Wilson interval over k = wins + ties / 2."""
-    c = Counter(winners)
-    n = len(winners)
-    p = proportion(c["a"] + 0.5 * c["tie"], n)
-    return {"n": n, "wins_a": c["a"], "wins_b": c["b"], "ties": c["tie"], "win_rate": p["share"],
-            "ci_low": p["ci_low"], "ci_high": p["ci_high"]}
+def _score(winners: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """Win rate of system a (win 1, tie 0.5) from ``{reviewer: {item_id: winner}}``: each item's
+    score is the mean over the reviewers who rated it, the win rate the mean over items, and the
+    95% interval a t interval over items. Reviewers who rate the same items are not independent
+    samples: pooling their verdicts as n = reviewers x items would narrow the interval by up to
+    the square root of the number of reviewers."""
+    per_item: dict[int, list[float]] = defaultdict(list)
+    for per in winners.values():
+        for item_id, winner in per.items():
+            per_item[item_id].append(SCORE_A[winner])
+    item_scores = [math.fsum(v) / len(v) for _, v in sorted(per_item.items())]
+    mean, low, high = t_interval(item_scores)
+    c = Counter(w for per in winners.values() for w in per.values())
+    return {"n": sum(c.values()), "wins_a": c["a"], "wins_b": c["b"], "ties": c["tie"],
+            "n_items_rated": len(item_scores), "win_rate": mean,
+            # Scores lie in [0, 1]; so does the interval.
+            "ci_low": None if low is None else max(0.0, low), "ci_high": None if high is None else min(1.0, high)}
 
 
 def summarize_pairwise(paths: list[Path], key: dict[str, Any], key_path: Path, allow_incomplete: bool = False,
@@ -82,17 +95,16 @@ def summarize_pairwise(paths: list[Path], key: dict[str, Any], key_path: Path, a
         for item_id, verdict in r.verdicts.items():
             shown[verdict] += 1
             winners[r.reviewer][item_id] = "tie" if verdict == "tie" else key_items[item_id][verdict]
-    pooled = [w for per in winners.values() for _, w in sorted(per.items())]
     decisive = shown["A"] + shown["B"]
     summary: dict[str, Any] = {
         "kind": "pairwise", "package_id": expected.package_id, "package_hash": expected.package_hash,
         "systems": {s: {"name": v["name"], "file": v["file"]} for s, v in key["systems"].items()},
         "seed": key.get("seed"), "key_file": str(key_path), "n_items": len(key_items), "n_reviewers": len(returned),
-        "confidence": 0.95, "interval": "wilson", "scoring": "win 1, tie 0.5",
-        **_score(pooled),
+        "confidence": 0.95, "interval": INTERVAL, "scoring": "win 1, tie 0.5",
+        **_score(winners),
         "first_shown_preferred": (shown["A"] / decisive) if decisive else None,
         "reviewers": {r.reviewer: {"file": str(r.path), "unrated": len(r.unrated),
-                                   **_score([w for _, w in sorted(winners[r.reviewer].items())])} for r in returned},
+                                   **_score({r.reviewer: winners[r.reviewer]})} for r in returned},
         "agreement": _agreement(winners) if len(returned) > 1 else None,
         "judge_agreement": None,
         "items": [{"item_id": i, "source_index": key_items[i]["source_index"],
@@ -131,6 +143,8 @@ def _read_judge(path: Path) -> list[dict[str, Any]]:
     for i, r in enumerate(records, 1):
         if not isinstance(r.get("instruction"), str):
             raise DataError(f"{path}: record {i}: no instruction text")
+        if not isinstance(r.get("index"), int) or isinstance(r.get("index"), bool):
+            raise DataError(f"{path}: record {i}: no item index (the judge stage's verdicts.jsonl has one per verdict)")
         if r.get("verdict") not in (*JUDGE_SCORES, None):
             raise DataError(f"{path}: record {i}: verdict {r.get('verdict')!r} is not model, reference, tie or null")
     return records
@@ -140,6 +154,9 @@ def judge_agreement(path: Path, key: dict[str, Any], winners: dict[str, dict[int
                     reference: Optional[str], test_set: Optional[str]) -> dict[str, Any]:
     """Agreement between the human verdicts and the LLM judge's on the items both rated.
 
+    A verdict is about the study item at the same test-set position (the judge's ``index``, the
+    study's ``source_index``), never matched by instruction text alone: iCliniq's items all share
+    one instruction. The instruction must agree too, a check that both number the same test set.
     Per item, the judge's preference is the mean over its parsed orders (model 1, tie 0.5,
     reference 0) and the humans' the mean over reviewers of the same score for the judged model
     (``model_system``); each becomes a class (model / tie / reference). Reported: the share of
@@ -165,10 +182,13 @@ def judge_agreement(path: Path, key: dict[str, Any], winners: dict[str, dict[int
     candidates = {g: recs for g, recs in groups.items() if g[1] == reference and (test_set is None or g[0] == test_set)}
     if not candidates:
         raise DataError(f"{path}: no verdicts for test set {test_set!r} against {reference!r}")
-    instr_to_item = defaultdict(list)
-    for it in key["items"]:
-        instr_to_item[_norm(it["instruction"])].append(it)
-    matches = {g: sum(_norm(r["instruction"]) in instr_to_item for r in recs) for g, recs in candidates.items()}
+    by_index = {int(it["source_index"]): it for it in key["items"]}
+
+    def study_item(r: dict[str, Any]) -> Optional[dict[str, Any]]:
+        it = by_index.get(r["index"])
+        return it if it is not None and _norm(it["instruction"]) == _norm(r["instruction"]) else None
+
+    matches = {g: sum(study_item(r) is not None for r in recs) for g, recs in candidates.items()}
     best = max(matches.values())
     chosen = [g for g, m in matches.items() if m == best]
     if len(chosen) > 1 and best > 0:
@@ -177,15 +197,13 @@ def judge_agreement(path: Path, key: dict[str, Any], winners: dict[str, dict[int
     judge_scores: dict[int, list[float]] = defaultdict(list)
     unparsed = 0
     for r in candidates[group]:
-        items = instr_to_item.get(_norm(r["instruction"]), [])
-        if len(items) > 1:  # the same instruction twice in the study: the test-set index decides
-            items = [it for it in items if it["source_index"] == r.get("index")]
-        if not items:
+        item = study_item(r)
+        if item is None:
             continue
         if r.get("verdict") is None:
             unparsed += 1
             continue
-        judge_scores[int(items[0]["item_id"])].append(JUDGE_SCORES[r["verdict"]])
+        judge_scores[int(item["item_id"])].append(JUDGE_SCORES[r["verdict"]])
     human, judge, confusion = [], [], Counter()
     for item_id in sorted(judge_scores):
         scores = [1.0 if w[item_id] == model_system else 0.0 if w[item_id] == other else 0.5
@@ -217,11 +235,14 @@ def format_pairwise(summary: dict[str, Any]) -> str:
     def line(label: str, s: dict[str, Any]) -> str:
         if not s["n"]:
             return f"  {label}: no verdicts"
-        return (f"  {label}: {a} wins {s['wins_a']}, {b} wins {s['wins_b']}, ties {s['ties']} of {s['n']}: "
-                f"win rate of {a} {100 * s['win_rate']:.1f}% [{100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f}]")
+        interval = ("no interval (one item)" if s["ci_low"] is None
+                    else f"[{100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f}]")
+        return (f"  {label}: {a} wins {s['wins_a']}, {b} wins {s['wins_b']}, ties {s['ties']} of {s['n']} verdicts "
+                f"on {s['n_items_rated']} items: win rate of {a} {100 * s['win_rate']:.1f}% {interval}")
 
     out = [f"Pairwise {summary['package_id']}: {a} (a) vs {b} (b), {summary['n_items']} items, "
-           f"{summary['n_reviewers']} reviewer(s) (win 1, tie 0.5; 95% Wilson interval)", line("all", summary)]
+           f"{summary['n_reviewers']} reviewer(s) (win 1, tie 0.5; per item averaged over reviewers, "
+           f"95% t interval over items)", line("all", summary)]
     if summary["n_reviewers"] > 1:
         out += [line(f"reviewer {name}", s) for name, s in summary["reviewers"].items()]
         g = summary["agreement"]

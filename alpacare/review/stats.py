@@ -1,6 +1,8 @@
-"""Statistics for human review: Wilson score intervals, Cohen's and Fleiss' kappa.
+"""Statistics for human review: Wilson score intervals, Student-t intervals of a mean, Cohen's and
+Fleiss' kappa.
 
-Plain Python (no numpy/scipy): each is a few lines, and the review tools start fast.
+Plain Python (scipy only for the t quantile, imported when needed): each is a few lines, and the
+review tools start fast.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ def proportion(k: float, n: int, z: float = Z95) -> dict:
     """``{"k", "n", "share", "ci_low", "ci_high"}`` for k of n (share and bounds None when n == 0)."""
     low, high = wilson_interval(k, n, z)
     return {"k": k, "n": n, "share": (k / n) if n else None, "ci_low": low, "ci_high": high}
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """Mean of ``values`` and its two-sided Student-t interval (mean -/+ t * sd / sqrt(n), sd with
+    n - 1); bounds None with fewer than two values, all None with none."""
+    n = len(values)
+    if n == 0:
+        return None, None, None
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None, None
+    from scipy.stats import t  # here, not at import: the review tools start fast
+
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> Optional[float]:

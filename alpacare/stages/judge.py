@@ -3,7 +3,9 @@
 For each test set and each reference model (their released answers; alpacare/data/eval_sets.py),
 the judge (``judge=<endpoint preset>``) sees the instruction and the two answers twice, the
 reference first once and second once, and answers "Output (a)", "Output (b)" or "Tie" at
-temperature 0 (alpacare/prompts/judge.py). Scores and statistics: alpacare/evaluation/winrates.py.
+temperature 0, with our prompt or the release's exact request (``judge.prompt=paper``), parsed
+leniently or by the release's rule (``judge.strict_parsing=true``) (alpacare/prompts/judge.py).
+Scores and statistics: alpacare/evaluation/winrates.py.
 
 Inputs: this run's ``predict/<test_set>.jsonl`` for each of ``judge.test_sets``, or
 ``judge.predictions=FILE`` with ``judge.test_set=NAME`` (e.g. the released AlpaCare-7b
@@ -32,7 +34,7 @@ from alpacare.llm.client import Completion, Ledger, Request, endpoint_identity, 
 from alpacare.report.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
-from alpacare.evaluation.winrates import ItemVerdicts, dropped, win_rate_row
+from alpacare.evaluation.winrates import LC_MODEL, ItemVerdicts, dropped, win_rate_row
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ def check(cfg: Any) -> None:
             relpath = EVAL_SETS[name].references[ref].relpath
             if resolve_data_file(relpath, cache_dir=cfg.cache_dir) is None:
                 raise DataError(f"{relpath}: reference answers of {ref} not found; run `alpacare-fetch`")
+    if j.prompt == "paper":  # the release's prompt files: present and unaltered
+        judge_prompt.load_release_judge(cfg.cache_dir)
 
 
 def _test_sets(cfg: Any) -> list[str]:
@@ -97,7 +101,7 @@ def load_predictions(path: Path, test_set: str, cache_dir: str, limit: Optional[
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no predictions (empty file)")
-    items = load_items(test_set, cache_dir)
+    items = load_items(test_set, cache_dir, raw=True)
     if all("index" in r for r in records):
         if [r["index"] for r in records] != list(range(len(records))) or len(records) > len(items):
             raise DataError(f"{path}: indices are not 0..{len(records) - 1} of {test_set}'s {len(items)} items")
@@ -115,7 +119,7 @@ def load_predictions(path: Path, test_set: str, cache_dir: str, limit: Optional[
                             f"({_normalized(r['instruction'])[:60]!r} vs {_normalized(item['instruction'])[:60]!r})")
         if r.get("input") and _normalized(r["input"]) != _normalized(item["input"]):
             raise DataError(f"{path}: record {k + 1}: input differs from {test_set} item {k}")
-        aligned.append({**item, "output": output.strip(), "generator": r.get("generator")})
+        aligned.append({**item, "output": output.strip(), "output_raw": output, "generator": r.get("generator")})
     return aligned[:limit] if limit is not None else aligned
 
 
@@ -133,18 +137,31 @@ class Pair:
     reference_output: str
 
 
-def _request(pair: Pair, order: str, cfg: Any, response_format: Optional[dict]) -> Request:
+def _request(pair: Pair, order: str, cfg: Any, response_format: Optional[dict],
+             release: Optional[judge_prompt.ReleaseJudge] = None) -> Request:
+    """The judge request for one order: our prompt, or with ``release`` the release's exact one
+    (its texts unstripped, as gpt_eval.py sends them)."""
     a, b = (pair.model_output, pair.reference_output) if order == "model_first" else (pair.reference_output, pair.model_output)
+    if release is not None:
+        messages = release.messages(pair.item["instruction_raw"], pair.item["input_raw"], a, b)
+        nonce = "judge:paper"
+    else:
+        messages = judge_prompt.build_messages(pair.item["instruction"], pair.item["input"], a, b)
+        nonce = f"judge:v{judge_prompt.PROMPT_VERSION}"
     return Request(
         key=f"{pair.test_set}:{pair.reference}:{pair.item['index']}:{order}",
-        messages=judge_prompt.build_messages(pair.item["instruction"], pair.item["input"], a, b),
-        temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens,
-        response_format=response_format, nonce=f"judge:v{judge_prompt.PROMPT_VERSION}",
+        messages=messages, temperature=cfg.temperature, top_p=1.0, max_tokens=max_tokens(cfg),
+        response_format=response_format, nonce=nonce,
     )
 
 
+def max_tokens(cfg: Any) -> int:
+    """``judge.max_tokens``, or the prompt's own when unset."""
+    return cfg.max_tokens if cfg.max_tokens is not None else judge_prompt.MAX_TOKENS[cfg.prompt]
+
+
 def _response_format(cfg: Any) -> Optional[dict]:
-    if not cfg.structured_output:
+    if not cfg.structured_output or cfg.prompt == "paper":  # the release asks for no schema
         return None
     if cfg.schema_style == "llama_cpp":
         return {"type": "json_object", "schema": judge_prompt.VERDICT_SCHEMA}
@@ -167,16 +184,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 log.warning("judge: %s has no %s reference (it has %s); skipped", test_set, ref,
                             sorted(EVAL_SETS[test_set].references))
                 continue
-            answers = load_reference(test_set, ref, predictions, ctx.cfg.cache_dir)
-            pairs += [Pair(test_set, ref, p, p["output"], a) for p, a in zip(predictions, answers)]
+            # The release's judge sees both answers exactly as written; ours, stripped.
+            raw = cfg.prompt == "paper"
+            answers = load_reference(test_set, ref, predictions, ctx.cfg.cache_dir, raw=raw)
+            pairs += [Pair(test_set, ref, p, p["output_raw" if raw else "output"], a) for p, a in zip(predictions, answers)]
 
-    judged = [p for p in pairs if p.reference_output]
+    judged = [p for p in pairs if p.reference_output.strip()]
     # Requests that share a long prefix go back to back, so a server that keeps the last prompt's KV
     # cache (llama.cpp) reads it once: per item, the model-first prompts of every reference share
     # everything up to the model's answer.
     ordered = sorted(((p, order) for p in judged for order in ORDERS),
                      key=lambda po: (po[0].test_set, po[0].item["index"], ORDERS.index(po[1])))
-    requests = {(id(p), order): _request(p, order, cfg, response_format) for p, order in ordered}
+    release = judge_prompt.load_release_judge(ctx.cfg.cache_dir) if cfg.prompt == "paper" else None
+    requests = {(id(p), order): _request(p, order, cfg, response_format, release) for p, order in ordered}
     hashes = {k: r.cache_key(cfg.name, cfg.model, identity) for k, r in requests.items()}
 
     with AppendLog(ctx.dir / "requests.jsonl") as work:
@@ -209,10 +229,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
                            f"judge: {cfg.model}{' (weak local judge)' if cfg.launch_local else ''}, both orders, SE bars")
     stats = {
         "judge": {"preset": cfg.name, "model": cfg.model, "endpoint": identity, "local": bool(cfg.launch_local),
-                  "prompt_version": judge_prompt.PROMPT_VERSION, "temperature": cfg.temperature,
+                  "prompt": cfg.prompt, "prompt_version": judge_prompt.PROMPT_VERSION if cfg.prompt == "ours" else None,
+                  "prompt_source": judge_prompt.ReleaseJudge.source() if cfg.prompt == "paper" else "alpacare/prompts/judge.py",
+                  "temperature": cfg.temperature, "max_tokens": max_tokens(cfg),
                   "strict_parsing": bool(cfg.strict_parsing)},
         "weak_judge": bool(cfg.launch_local),
         "win_rates": rows,
+        "lc_model": LC_MODEL,
+        "lc_se": f"bootstrap over items, {cfg.bootstrap} resamples" if cfg.bootstrap > 1 else None,
         "pairs": len(judged),
         "verdicts_requested": len(requests),
         "empty_references_excluded": empty_refs,
@@ -236,6 +260,15 @@ def _generator(pairs: list[Pair]) -> str:
     return names.pop() if len(names) == 1 else "model"
 
 
+def _shown_names(pair: Pair, order: str) -> tuple[str, str]:
+    """The names of the systems shown as Output (a) and (b), which the release's rule compares a
+    reply against: the generator's (or "model" when unknown or indistinct) and the reference's."""
+    model = pair.item.get("generator") or "model"
+    if judge_prompt.alphanumeric(model) in ("", judge_prompt.alphanumeric(pair.reference)):
+        model = "model"
+    return (model, pair.reference) if order == "model_first" else (pair.reference, model)
+
+
 def _score(ctx: StageContext, pairs: list[Pair], requests, hashes, replies) -> tuple[list, list, list]:
     """Verdicts parsed under both rules; rows scored under the configured one, with how many
     items each rule drops."""
@@ -247,7 +280,7 @@ def _score(ctx: StageContext, pairs: list[Pair], requests, hashes, replies) -> t
         for order in ORDERS:
             reply = replies.get(hashes[(id(p), order)], {})
             for rule in (True, False):
-                label = judge_prompt.parse_verdict(reply.get("raw", ""), strict=rule)
+                label = judge_prompt.parse_verdict(reply.get("raw", ""), strict=rule, names=_shown_names(p, order))
                 per_rule[rule][order] = _LABELS[order][label] if label else None
             verdicts.append({"test_set": p.test_set, "reference": p.reference, "index": p.item["index"],
                              "instruction": p.item["instruction"], "order": order, "verdict": per_rule[strict][order],
@@ -264,7 +297,7 @@ def _score(ctx: StageContext, pairs: list[Pair], requests, hashes, replies) -> t
         rows.append({"test_set": test_set, "reference": reference, **row,
                      "n_dropped_strict": dropped([items[True] for _, items in members], strict=True),
                      "n_dropped_lenient": dropped([items[False] for _, items in members], strict=False),
-                     "n_empty_outputs": sum(not p.model_output for p, _ in members)})
+                     "n_empty_outputs": sum(not p.model_output.strip() for p, _ in members)})
     return verdicts, rows, samples
 
 
