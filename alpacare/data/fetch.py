@@ -111,7 +111,7 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
                  "a009193812aff199f14ce7823534a964c49975d5433f20f2499f7ce7e2eb9ea1"),
     # The release's judge protocol (code license Apache-2.0), read by judge.prompt=paper
     # (alpacare/prompts/judge.py): the prompt file and the script that holds the system message.
-    # Locally under release/<upstream path>, as in /work/shared/alpacare-data/release/.
+    # Locally under release/<upstream path>, as in the data folder's release/ (ALPACARE_DATA_DIR).
     ReleasedFile("release/prompt/alpaca_eval_chat_gpt.txt", "prompt/alpaca_eval_chat_gpt.txt",
                  "c668196c3357383c3a8f5c8b5b61c5a4c254df400e5e04087d8913c83e629b8e"),
     ReleasedFile("release/evaluation/gpt_eval.py", "evaluation/gpt_eval.py",
