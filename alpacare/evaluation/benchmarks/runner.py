@@ -39,14 +39,9 @@ def vllm_lm(source: str, dtype: str, batch_size: Any, seed: int, merged_dir: Pat
         from lm_eval.models.vllm_causallms import VLLM
     except ImportError:
         raise ConfigError("benchmark.backend=vllm: vLLM is not installed (pip install 'alpacare[vllm]')") from None
-    path = Path(source).expanduser()
-    if (path / "adapter_config.json").is_file():
-        if not (merged_dir / "config.json").is_file():
-            from alpacare.training.models import save_merged_model
+    from alpacare.evaluation.inference import vllm_source
 
-            save_merged_model(path, merged_dir, card=f"Merged from {path} for vLLM by alpacare.\n")
-        source = str(merged_dir)
-    return VLLM(pretrained=source, dtype=dtype, batch_size=batch_size, seed=seed)
+    return VLLM(pretrained=vllm_source(source, merged_dir), dtype=dtype, batch_size=batch_size, seed=seed)
 
 
 def load_tasks(manager: Any, names: list[str], fewshot: dict[str, int]) -> list[Any]:
