@@ -50,7 +50,7 @@ def test_default_benchmark_equals_the_lm_eval_cli(smollm_dir, tmp_path):
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={smollm_dir},dtype=float32",
          "--tasks", ",".join(tasks), "--include_path", str(run_dir / "benchmark" / "tasks"), "--device", "cpu",
          "--batch_size", "8", "--seed", "1234", "--output_path", str(out)],
-        capture_output=True, text=True, cwd=REPO, env=cli_env(tmp_path), timeout=600)
+        capture_output=True, text=True, cwd=REPO, env=cli_env(tmp_path), timeout=900)
     assert cli.returncode == 0, cli.stderr[-3000:]
     theirs = json.loads(next(out.rglob("results_*.json")).read_text())
     for task in tasks:
