@@ -13,7 +13,6 @@ import types
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 
 from tests.test_train_support import compose, smollm_tokenizer_dir, tiny_model_dir  # noqa: F401  (fixtures)
 

@@ -19,6 +19,7 @@ from alpacare.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
 
+
 def seeds(seed: int) -> dict[str, int]:
     """One seed for python, numpy, torch and the few-shot sampler (``lm_eval --seed S``)."""
     return {"random_seed": seed, "numpy_random_seed": seed, "torch_random_seed": seed, "fewshot_random_seed": seed}
