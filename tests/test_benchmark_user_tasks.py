@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +134,9 @@ def test_shots_per_group_limit_samples_and_shipped_tasks_equal_the_lm_eval_cli(t
     assert {t: ours["n-shot"][t] for t in ("my_task", "my_task2", "my_task3", "alpacare_smoke_mcq")} == \
         {"my_task": 3, "my_task2": 2, "my_task3": 1, "alpacare_smoke_mcq": 1}
     assert (run_dir / "benchmark" / "samples_my_task2.jsonl").is_file()
-    edited = user_tasks(tmp_path / "u_edited", {"my_task": 3, "my_task2": 2, "my_task3": 1})
-    theirs = _lm_eval_cli(tiny_model_dir, ["alpacare_smoke_mcq", "my_group", "my_task"],
-                          [run_dir / "benchmark" / "tasks", edited], tmp_path, "--limit", "4")
+    # lm_eval takes one --include_path: the run's task folder with the edited user YAMLs beside it.
+    both = tmp_path / "cli_tasks"
+    shutil.copytree(run_dir / "benchmark" / "tasks", both)
+    user_tasks(both / "user", {"my_task": 3, "my_task2": 2, "my_task3": 1})
+    theirs = _lm_eval_cli(tiny_model_dir, ["alpacare_smoke_mcq", "my_group", "my_task"], [both], tmp_path, "--limit", "4")
     _assert_same(ours, theirs, ["alpacare_smoke_mcq", "my_group", "my_task2", "my_task3", "my_task"])
