@@ -349,10 +349,13 @@ class BenchmarkConfig:
     name: str = "smoke"
     # lm-eval task or group names (alpacare_* tasks shipped in alpacare/evaluation/benchmarks/tasks/, or tasks in
     # benchmark.include_path). Empty = the stage does nothing (benchmark=none).
-    tasks: List[str] = field(default_factory=lambda: ["alpacare_smoke_mcq", "alpacare_smoke_meqsum"])
-    # Shots per task or group, set by the suite; a group's count applies to each subtask.
+    tasks: List[str] = field(default_factory=lambda: ["alpacare_smoke_mcq", "alpacare_smoke_meqsum",
+                                                      "alpacare_smoke_meqsum_alpaca"])
+    # Shots per task, group or tag (shipped or the user's own), set by the suite; a group's count
+    # applies to each subtask, a subtask's own entry wins.
     fewshot: Dict[str, int] = field(default_factory=dict)
-    # One shot count for every task, overriding the suite's; None = the suite's per-task counts.
+    # One shot count for every task, overriding the suite's (lm_eval --num_fewshot N, which keeps a
+    # task YAML's explicit 0); None = the suite's per-task counts.
     num_fewshot: Optional[int] = None
     # First N documents of each task (lm-eval's --limit); None = all.
     limit: Optional[int] = None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from alpacare.evaluation.benchmarks import data as bdata
-from alpacare.evaluation.benchmarks import summarize, tasks_index
+from alpacare.evaluation.benchmarks import tasks_index
 from alpacare.errors import DataError
 from tests.conftest import run_cli
 
@@ -145,31 +145,6 @@ def test_fetch_cli_without_network_is_one_line(tmp_path):
     assert main(["benchmarks", "--tasks", "alpacare_medqa_4options", "--dest", str(tmp_path),
                  "--server", "http://127.0.0.1:9", "--raw-base", "http://127.0.0.1:9"]) == 2
     assert main(["benchmarks", "--tasks", "no_such_task", "--dest", str(tmp_path)]) == 2
-
-
-def test_meqsum_scoring_on_a_small_local_file(tmp_path):
-    """ROUGE-L by rouge-score on MeQSum-layout records, with a stand-in model."""
-    docs = [{"CHQ": "SUBJECT: knee\nMESSAGE: My knee hurts when I climb stairs, why?", "Summary": "Why does my knee hurt on stairs?"},
-            {"CHQ": "Is ibuprofen safe with ulcers?", "Summary": "Is ibuprofen safe with a stomach ulcer?"}]
-    path = tmp_path / "meqsum.jsonl"
-    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    seen = []
-
-    def fake_generate(prompts):
-        seen.extend(prompts)
-        return ["Why does my knee hurt on stairs?\n\nExtra text.", "Is ibuprofen safe?"]
-
-    from alpacare.data.jsonl import read_jsonl
-
-    out = summarize.score("alpacare_meqsum", read_jsonl(path), fake_generate)
-    res = out["results"]["alpacare_meqsum"]
-    from rouge_score import rouge_scorer
-
-    second = rouge_scorer.RougeScorer(["rougeL"]).score(docs[1]["Summary"], "Is ibuprofen safe?")["rougeL"].fmeasure
-    assert res["rougeL,none"] == pytest.approx((1.0 + second) / 2)
-    assert res["rougeL_stderr,none"] == pytest.approx(abs(1.0 - second) / 2)
-    assert "My knee hurts when I climb stairs" in seen[0] and "SUBJECT" not in seen[0]  # lm-eval's doc_to_text
-    assert out["n-samples"]["alpacare_meqsum"]["effective"] == 2
 
 
 def test_missing_data_is_one_line_naming_task_and_command_within_seconds(tmp_path):

@@ -55,6 +55,13 @@ DOCS = {
          "answer": {"number": str(i), "date": {"day": "", "month": "", "year": ""}, "spans": []},
          "validated_answers": {"number": [str(i)], "date": [{"day": "", "month": "", "year": ""}], "spans": [[]]}}
         for i in range(5)],
+    # MeQSum (abachaa/MeQSum's spreadsheet, BigBio's meqsum_source layout): with and without "MESSAGE",
+    # and one empty reference (upstream scores it NaN).
+    "abachaa/MeQSum": [
+        {"CHQ": f"SUBJECT: knee {i}\nMESSAGE: My knee has hurt for {i + 2} weeks when I climb stairs. Is it arthritis?",
+         "Summary": "What causes knee pain on stairs?", "File": f"{i}.txt"} for i in range(4)] + [
+        {"CHQ": "Is ibuprofen safe with a stomach ulcer?", "Summary": "Is ibuprofen safe with an ulcer?", "File": "4.txt"},
+        {"CHQ": "MESSAGE: Where can I get a flu shot?", "Summary": "", "File": "5.txt"}],
 }
 
 
@@ -77,10 +84,11 @@ def suite_leaves(suite: str) -> list[str]:
     import yaml
 
     conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "benchmark" / f"{suite}.yaml").read_text())
-    return [leaf.name for t in conf["tasks"] if t not in tasks_index.NATIVE for leaf in tasks_index.leaves(t)]
+    return [leaf.name for t in conf["tasks"] for leaf in tasks_index.leaves(t)]
 
 
-MEDICAL_AND_GENERAL = sorted(set(suite_leaves("medical")) | set(suite_leaves("general")))
+# alpacare_meqsum has its own test below (lm-eval's meqsum module cannot be imported offline).
+MEDICAL_AND_GENERAL = sorted((set(suite_leaves("medical")) | set(suite_leaves("general"))) - {"alpacare_meqsum", "alpacare_meqsum_alpaca"})
 SUITE_SHOTS = {"alpacare_mmlu": 5, "alpacare_bbh": 3, "alpacare_drop": 3}
 
 
@@ -204,3 +212,116 @@ def test_prompts_choices_targets_and_metrics_equal_lm_evals_task(task, prepared,
             assert ours.doc_to_target(doc) == theirs.doc_to_target(doc)
             if ours.OUTPUT_TYPE == "multiple_choice":
                 assert ours.doc_to_choice(doc) == theirs.doc_to_choice(doc)
+
+
+# ------------------------------------------------------------------------------------- MeQSum
+
+
+class _EvaluateOffline:
+    """What ``evaluate.load(name)`` gives lm-eval's meqsum module, offline. evaluate's metric scripts
+    live on the hub, so only "rouge" is rebuilt here, as evaluate's rouge script computes it (a
+    ``RougeScorer`` over rouge1/rouge2/rougeL/rougeLsum without stemming, a ``BootstrapAggregator``,
+    its "mid" F1); the other metrics raise, which upstream catches and scores NaN."""
+
+    def __init__(self, name, *args, **kwargs):
+        self.name = name
+
+    def compute(self, predictions, references, **kwargs):
+        if self.name != "rouge":
+            raise RuntimeError(f"evaluate metric {self.name} needs the hub")
+        from rouge_score import rouge_scorer, scoring
+
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+        aggregator = scoring.BootstrapAggregator()
+        for ref, pred in zip(references, predictions):
+            aggregator.add_scores(scorer.score(ref, pred))
+        return {k: v.mid.fmeasure for k, v in aggregator.aggregate().items()}
+
+
+@pytest.fixture
+def upstream_meqsum(monkeypatch, tmp_path):
+    """lm-eval's own meqsum YAML and module, reading the local docs (its module imported with
+    ``evaluate.load`` answered offline, then dropped again)."""
+    import types
+
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    import numpy as np
+
+    fake = types.ModuleType("evaluate")
+    fake.load = _EvaluateOffline
+    monkeypatch.setitem(__import__("sys").modules, "evaluate", fake)
+    # Upstream writes numpy 1's np.NAN (gone in numpy 2, so its empty-output branch raises as installed).
+    monkeypatch.setattr(np, "NAN", np.nan, raising=False)
+    try:
+        cfg = load_yaml(LM_EVAL_TASKS / "meqsum" / "meqsum.yaml")
+    finally:
+        __import__("sys").modules.pop("lm_eval.tasks.meqsum.utils", None)
+    _write_docs(tmp_path / "train.jsonl", DOCS["abachaa/MeQSum"])
+    assert (cfg.pop("dataset_path"), cfg.pop("dataset_name")) == ("bigbio/meqsum", "meqsum_source")
+    cfg["dataset_path"] = "json"
+    cfg["dataset_kwargs"] = {"data_files": {"train": str(tmp_path / "train.jsonl")}}
+    return cfg
+
+
+def test_meqsum_prompts_targets_and_generation_equal_lm_evals_meqsum(upstream_meqsum, prepared):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    task_dir, _ = prepared
+    ours_cfg = load_yaml(task_dir / "meqsum" / "alpacare_meqsum.yaml")
+    for shots in (0, 2):
+        ours, theirs = _build(dict(ours_cfg), shots), _build(dict(upstream_meqsum), shots)
+        assert [i.args for i in ours.instances] == [i.args for i in theirs.instances], shots
+        assert ours.OUTPUT_TYPE == theirs.OUTPUT_TYPE == "generate_until"
+        # Until a blank line, no max_gen_toks: the model's default (HFLM and vLLM: 256 new tokens).
+        assert ours.config.generation_kwargs == theirs.config.generation_kwargs == {"until": ["\n\n"]}
+        assert ours.config.description == theirs.config.description
+        for doc in list(ours.eval_docs):
+            assert ours.doc_to_text(doc) == theirs.doc_to_text(doc)
+            assert ours.doc_to_target(doc) == theirs.doc_to_target(doc)
+    theirs_metrics = {m["metric"]: m for m in upstream_meqsum["metric_list"]}
+    for m in ours_cfg["metric_list"]:  # upstream's ROUGE metrics; BLEU, BERTScore, BLEURT need the hub
+        assert m == theirs_metrics[m["metric"]]
+    assert [m["metric"] for m in ours_cfg["metric_list"]] == ["rougeL", "rouge1", "rouge2"]
+
+
+def test_meqsum_scores_equal_lm_evals_metric_on_the_same_outputs(upstream_meqsum, prepared):
+    """Per item and aggregated: an empty prediction (or reference) is NaN and drops out of the mean."""
+    import math
+
+    import numpy as np
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    task_dir, _ = prepared
+    ours = _build(load_yaml(task_dir / "meqsum" / "alpacare_meqsum.yaml"), 0)
+    theirs = _build(dict(upstream_meqsum), 0)
+    docs = list(ours.eval_docs)
+    outputs = [" What causes knee pain on stairs?", "", "Knee pain when climbing stairs: arthritis?\n", " ",
+               "Is ibuprofen safe with an ulcer?", "Where is a flu shot?"]
+    per_item = {m: [] for m in ("rougeL", "rouge1", "rouge2")}
+    for doc, out in zip(docs, outputs):
+        a, b = ours.process_results(doc, [out]), theirs.process_results(doc, [out])
+        for m in per_item:
+            assert (math.isnan(a[m]) and math.isnan(b[m])) or a[m] == b[m], (m, out)
+            per_item[m].append(a[m])
+    assert sum(math.isnan(v) for v in per_item["rougeL"]) == 2  # the empty output and the empty reference
+    for m, values in per_item.items():
+        assert ours.aggregation()[m] is theirs.aggregation()[m]  # lm-eval's nanmean
+        assert ours.aggregation()[m](values) == np.nanmean(values) > sum(0 if math.isnan(v) else v for v in values) / len(values)
+
+
+def test_meqsum_alpaca_variant_differs_only_in_the_prompt(prepared):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from alpacare.evaluation.benchmarks.meqsum import ALPACA_INSTRUCTION, doc_to_text
+    from alpacare.prompts.alpaca import format_prompt
+
+    task_dir, _ = prepared
+    base = _build(load_yaml(task_dir / "meqsum" / "alpacare_meqsum.yaml"), 0)
+    alpaca = _build(load_yaml(task_dir / "meqsum" / "alpacare_meqsum_alpaca.yaml"), 0)
+    assert [i.doc for i in alpaca.instances] == [i.doc for i in base.instances]
+    assert [i.args[0] for i in alpaca.instances] == [format_prompt(ALPACA_INSTRUCTION, doc_to_text(i.doc).strip())
+                                                     for i in base.instances]
+    assert [i.args[1] for i in alpaca.instances] == [i.args[1] for i in base.instances]
+    assert alpaca.config.process_results is base.config.process_results
+    assert alpaca.config.metric_list == base.config.metric_list

@@ -47,8 +47,8 @@ def test_default_pipeline_on_the_embedded_model(tmp_path):
     # The report comes last, with a section for every stage that ran, and its path is the last line.
     report = json.loads((run_dir / "report" / "stats.json").read_text())
     assert report["stages_reported"] == ["instructions", "dedup", "responses", "train", "predict", "judge", "benchmark"]
-    assert report["sections"] == ["run", "data", "analysis", "training", "predictions", "win_rates", "benchmarks",
-                                  "artifacts"] and report["omitted"] == {}
+    assert report["sections"] == ["results", "win_rates", "benchmarks", "data", "analysis", "training", "predictions",
+                                  "run", "artifacts"] and report["omitted"] == {}
     html = (run_dir / "report" / "report.html").read_text()
     assert html.count('<img src="data:image/png;base64,') >= 8
     assert proc.stdout.rstrip().splitlines()[-1] == f"alpacare: report: {run_dir / 'report' / 'report.html'}"

@@ -17,7 +17,7 @@ from tests.test_pipeline import assert_one_line_error
 
 needs_data = pytest.mark.skipif(not RELEASED.is_file(), reason="needs ../shared/alpacare-data")
 
-TITLES = {"run": "Run", "data": "Data", "analysis": "Dataset analysis", "training": "Training",
+TITLES = {"results": "Results", "run": "Run", "data": "Data", "analysis": "Dataset analysis", "training": "Training",
           "predictions": "Predictions", "win_rates": "Win rates", "benchmarks": "Benchmarks",
           "review": "Human review", "artifacts": "Artifacts"}
 
@@ -47,7 +47,7 @@ def test_report_has_exactly_the_sections_of_the_stages_that_ran(tmp_path, openai
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.rstrip().splitlines()[-1] == f"alpacare: report: {run_dir / 'report' / 'report.html'}"
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["run", "data", "analysis", "artifacts"] and stats["omitted"] == {}
+    assert stats["sections"] == ["results", "data", "analysis", "run", "artifacts"] and stats["omitted"] == {}
     assert h2s(md) == [TITLES[s] for s in stats["sections"]]
     assert_self_contained(html)
     assert "instructions.count=12" in md and "teacher.api_key" not in md
@@ -76,7 +76,7 @@ def test_report_has_exactly_the_sections_of_the_stages_that_ran(tmp_path, openai
     proc = run_cli(["stages=[report]", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["run", "data", "analysis", "win_rates", "review", "artifacts"]
+    assert stats["sections"] == ["results", "win_rates", "data", "analysis", "review", "run", "artifacts"]
     assert stats["stages_reported"] == ["instructions", "dedup", "responses", "judge"]
     assert h2s(md) == [TITLES[s] for s in stats["sections"]]
     judge_stats = json.loads((run_dir / "judge" / "stats.json").read_text())
@@ -112,7 +112,7 @@ def test_bad_input_is_one_line_or_a_noted_omission(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["run", "training", "artifacts"]
+    assert stats["sections"] == ["results", "training", "run", "artifacts"]
     assert "dedup" in stats["omitted"] and "not valid JSON" in stats["omitted"]["dedup"]
     assert "dedup: section left out" in md and str(run_dir / "dedup" / "stats.json") in md
     assert (run_dir / "report" / "loss.png").is_file() and "1.5" in md
@@ -125,6 +125,45 @@ def test_any_dataset_alone(tmp_path):
     proc = run_cli(["stages=[report]", f"report.data={seeds}", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["run", "analysis", "artifacts"]
+    assert stats["sections"] == ["analysis", "run", "artifacts"]
     assert "| records | 167 | 167 |" in md
     assert_self_contained(html)
+
+
+def _stats(run_dir: Path, stage: str, **values) -> None:
+    (run_dir / stage).mkdir(parents=True, exist_ok=True)
+    (run_dir / stage / "stats.json").write_text(json.dumps({"schema_version": 1, "stage": stage, **values}))
+
+
+def test_results_come_first_and_settings_below(tmp_path):
+    """The first screen holds win rates (SE, LC), benchmark scores, data counts, contamination, cost and
+    time; the commands and settings ("Run") come after the detail sections."""
+    run_dir = tmp_path / "run"
+    _stats(run_dir, "instructions", seconds=12.0, records_out=120, prompt_tokens=1000, completion_tokens=500, cost_usd=0.25)
+    _stats(run_dir, "dedup", seconds=2.0, records_in=120, records_out=100, kept_ratio=0.833, threshold=0.7, mode="greedy",
+           contamination={"removed": 3, "by_source": {"medinstruct": 2, "alpacare_smoke_mcq": 1}})
+    _stats(run_dir, "responses", seconds=30.0, records_in=100, records_out=98, prompt_tokens=2000, completion_tokens=4000,
+           cost_usd=1.5)
+    _stats(run_dir, "train", seconds=60.0, final_loss=1.234, steps=10)
+    _stats(run_dir, "judge", seconds=20.0, prompt_tokens=300, completion_tokens=10, cost_usd=0.01,
+           judge={"model": "gpt-3.5-turbo", "preset": "gpt35_turbo"},
+           win_rates=[{"test_set": "medinstruct", "reference": "gpt-4", "win_rate": 62.5, "se": 3.125, "n": 216,
+                       "lc_win_rate": 58.25, "lc_se": 2.5}])
+    _stats(run_dir, "benchmark", seconds=80.0, suite="smoke", tasks=["alpacare_smoke_mcq", "alpacare_smoke_meqsum"],
+           table=[{"task": "alpacare_smoke_mcq", "metric": "acc", "value": 0.3333, "stderr": 0.0876, "n": 30, "shots": 0},
+                  {"task": "alpacare_smoke_mcq", "metric": "acc_norm", "value": 0.3, "stderr": 0.08, "n": 30, "shots": 0},
+                  {"task": "alpacare_smoke_meqsum", "metric": "rougeL", "value": float("nan"), "stderr": None, "n": 5,
+                   "shots": 0}])
+    proc = run_cli(["stages=[report]", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats, md, html = report_of(run_dir)
+    assert stats["sections"][0] == "results" and stats["sections"][-2:] == ["run", "artifacts"]
+    first = md.split("\n## ")[1]  # the Results section, all of it
+    assert first.startswith("Results")
+    for text in ("| medinstruct | gpt-4 | 62.5 ± 3.1 | 58.2 ± 2.5 | 216 |", "| alpacare_smoke_mcq | acc | 0.333 ± 0.088 | 30 | 0 |",
+                 "NaN (every answer empty)", "| kept after dedup | 100 of 120 |", "| training examples (answered) | 98 |",
+                 "| contaminated training items removed | 3 |", "| contaminated, removed: medinstruct | 2 |",
+                 "| cost (USD, paid requests) | 1.7600 |", "204 s: instructions 12 s", "| final training loss | 1.234 |"):
+        assert text in first, text
+    assert "acc_norm" not in first  # one headline metric per task up top; the full table below
+    assert html.index('id="results"') < html.index('id="win-rates"') < html.index('id="run"')

@@ -199,11 +199,9 @@ def generate(
         new = out[:, batch["input_ids"].shape[1]:]
         generations = []
         for row in new.tolist():
-            stop = row.index(eos) if eos in row else None
-            tokens = row[:stop] if stop is not None else row
-            tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+            tokens, stopped = answer_tokens(row, eos, tokenizer.pad_token_id)
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            generations.append(Generation(text, len(tokens), "stop" if stop is not None else "length"))
+            generations.append(Generation(text, len(tokens), "stop" if stopped else "length"))
         for i, g in zip(indices, generations):
             results[i] = g
         if on_batch is not None:
@@ -211,31 +209,57 @@ def generate(
     return [r for r in results if r is not None]
 
 
-def generate_vllm(source: str, prompts: Sequence[str], decoding: Decoding, *, dtype: str, merged_dir: Path,
-                  seed: int = 0) -> list[Generation]:
-    """The same answers through vLLM (GPU users: ``predict.backend=vllm``, ``pip install 'alpacare[vllm]'``).
+def answer_tokens(token_ids: Sequence[int], eos_token_id: int,
+                  pad_token_id: Optional[int] = None) -> tuple[list[int], bool]:
+    """The answer in one generated sequence, and whether it ended at EOS: the tokens before the first
+    EOS. ``Generation.new_tokens`` is its length on both backends: transformers' ``generate`` pads a
+    row that stopped early after its EOS, vLLM's ``token_ids`` end with the EOS it stopped on, and
+    neither the EOS nor the padding is part of the answer."""
+    ids = list(token_ids)
+    stopped = eos_token_id in ids
+    tokens = ids[: ids.index(eos_token_id)] if stopped else ids
+    if pad_token_id is not None:
+        tokens = [t for t in tokens if t != pad_token_id]
+    return tokens, stopped
 
-    vLLM serves full weights: an adapter is merged once into ``merged_dir`` first.
-    """
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise ConfigError("predict.backend=vllm: vLLM is not installed (pip install 'alpacare[vllm]')") from None
+
+def vllm_source(source: str, merged_dir: Path) -> str:
+    """What vLLM loads: full weights as they are; an adapter dir merged once into ``merged_dir``."""
     path = Path(source).expanduser()
-    if (path / "adapter_config.json").is_file():
-        if not (merged_dir / "config.json").is_file():
-            from alpacare.training.models import save_merged_model
+    if not (path / "adapter_config.json").is_file():
+        return source
+    if not (merged_dir / "config.json").is_file():
+        from alpacare.training.models import save_merged_model
 
-            save_merged_model(path, merged_dir, card=f"Merged from {path} for vLLM by alpacare.\n")
-        source = str(merged_dir)
-    llm = LLM(model=source, dtype=dtype if dtype != "auto" else "auto", seed=seed)
+        save_merged_model(path, merged_dir, card=f"Merged from {path} for vLLM by alpacare.\n")
+    return str(merged_dir)
+
+
+def load_vllm(source: str, *, dtype: str, merged_dir: Path, seed: int = 0, key: str = "predict.backend"):
+    """One vLLM engine (GPU users: ``pip install 'alpacare[vllm]'``). It takes most of the GPU's
+    memory, so a stage builds one and passes it to ``generate_vllm`` for every test set."""
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise ConfigError(f"{key}=vllm: vLLM is not installed (pip install 'alpacare[vllm]')") from None
+    return LLM(model=vllm_source(source, merged_dir), dtype=dtype, seed=seed)
+
+
+def generation_from_vllm(completion: Any, eos_token_id: int) -> Generation:
+    """A vLLM ``CompletionOutput`` (text, token_ids, finish_reason) as a ``Generation``."""
+    tokens, _ = answer_tokens(completion.token_ids, eos_token_id)
+    return Generation(completion.text.strip(), len(tokens), "length" if completion.finish_reason == "length" else "stop")
+
+
+def generate_vllm(llm: Any, prompts: Sequence[str], decoding: Decoding, *, seed: int = 0) -> list[Generation]:
+    """The same answers through a vLLM engine from ``load_vllm``; results in input order."""
+    from vllm import SamplingParams
+
     params = SamplingParams(
         max_tokens=decoding.max_new_tokens,
         temperature=decoding.temperature if decoding.do_sample else 0.0,
         top_p=decoding.top_p if decoding.do_sample else 1.0,
         seed=seed,
     )
-    outputs = llm.generate(list(prompts), params)
-    return [Generation(o.outputs[0].text.strip(), len(o.outputs[0].token_ids),
-                       "length" if o.outputs[0].finish_reason == "length" else "stop") for o in outputs]
-
+    eos = llm.get_tokenizer().eos_token_id
+    return [generation_from_vllm(o.outputs[0], eos) for o in llm.generate(list(prompts), params)]

@@ -38,6 +38,103 @@ def _section(title: str) -> Block:
     return h2(title, anchor(title))
 
 
+# -------------------------------------------------------------------------------- 0. Results
+
+
+def results_section(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Block]:
+    """The first screen: the numbers a reader came for, each from its stage's stats.json (win rates
+    with SE and LC, benchmark scores, data counts, contamination, cost, time). The sections below
+    hold the detail; the settings come last ("Run")."""
+    blocks = [_section("Results")]
+    judge, bench = stats.get("judge"), stats.get("benchmark")
+    if judge:
+        rows = [r for r in judge.get("win_rates") or [] if isinstance(r, dict)]
+        jm = judge.get("judge") or {}
+        blocks.append(table(["test set", "reference", "win rate %", "LC win rate %", "n"],
+                            [[r.get("test_set"), r.get("reference"), _pm(r.get("win_rate"), r.get("se"), 1),
+                              _pm(r.get("lc_win_rate"), r.get("lc_se"), 1), r.get("n")] for r in rows],
+                            f"win rates against each reference (judge {jm.get('model')}; ± standard error)"))
+        if judge.get("weak_judge"):
+            blocks.append(note("weak local judge: these numbers exercise the machinery; use judge=gpt35_turbo (paper) to report"))
+    if bench:
+        blocks.append(table(["task", "metric", "score", "n", "shots"], benchmark_headline_rows(bench),
+                            f"benchmark scores (suite {bench.get('suite')}; ± standard error)"))
+    glance = data_count_rows(stats) + contamination_rows(stats.get("dedup")) + spend_and_time_rows(stats)
+    if glance:
+        blocks.append(table(["", "value"], glance, "data, cost and time"))
+    return blocks if len(blocks) > 1 else []
+
+
+def _pm(value: Any, se: Any, digits: int) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "–"
+    if value != value:
+        return "NaN"
+    return f"{value:.{digits}f}" + (f" ± {se:.{digits}f}" if isinstance(se, (int, float)) and se == se else "")
+
+
+def benchmark_headline_rows(bench: dict[str, Any]) -> list[list[Any]]:
+    """Each requested task's first metric (the task's own headline: ROUGE-L for MeQSum, acc for
+    multiple choice); a NaN score says every answer was empty (lm-eval leaves those out)."""
+    requested = set(bench.get("tasks") or [])
+    seen, rows = set(), []
+    for r in bench.get("table") or []:
+        if not isinstance(r, dict) or r.get("task") in seen or (requested and r.get("task") not in requested):
+            continue
+        seen.add(r.get("task"))
+        value = r.get("value")
+        score = _pm(value, r.get("stderr"), 3)
+        if score == "NaN":
+            score = "NaN (every answer empty)"
+        rows.append([r.get("task"), r.get("metric"), score, r.get("n"), r.get("shots")])
+    return rows
+
+
+def data_count_rows(stats: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    ins, ded, res, train = (stats.get(s) for s in ("instructions", "dedup", "responses", "train"))
+    rows = []
+    if ins:
+        rows.append(["instructions generated", fmt(ins.get("records_out", ins.get("tasks_kept")))])
+    if ded:
+        rows.append(["kept after dedup", f"{fmt(ded.get('records_out', ded.get('kept')))} of "
+                                         f"{fmt(ded.get('records_in', ded.get('total')))}"])
+    if res:
+        rows.append(["training examples (answered)", fmt(res.get("records_out", res.get("answered")))])
+    if train and train.get("final_loss") is not None:
+        rows.append(["final training loss", fmt(train.get("final_loss"))])
+    return rows
+
+
+def contamination_rows(dedup: Optional[dict[str, Any]]) -> list[list[Any]]:
+    """Training items removed as copies of test or benchmark items: ``dedup/stats.json`` key
+    ``contamination`` (counts per source, or a dict holding ``by_source``), when the dedup stage
+    checked for it."""
+    found = (dedup or {}).get("contamination")
+    if not isinstance(found, dict):
+        return []
+    counts = found.get("by_source") if isinstance(found.get("by_source"), dict) else found
+    rows = [[f"contaminated, removed: {source}", fmt(n)] for source, n in counts.items()
+            if isinstance(n, (int, float)) and not isinstance(n, bool)]
+    total = found.get("removed", found.get("total"))
+    if isinstance(total, (int, float)) and not isinstance(total, bool):
+        rows.insert(0, ["contaminated training items removed", fmt(total)])
+    return rows
+
+
+def spend_and_time_rows(stats: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    costs = [s["cost_usd"] for s in stats.values() if isinstance(s.get("cost_usd"), (int, float))]
+    tokens = [s.get("prompt_tokens", 0) + s.get("completion_tokens", 0) for s in stats.values() if "prompt_tokens" in s]
+    rows = []
+    if costs:
+        rows.append(["cost (USD, paid requests)", f"{sum(costs):.4f}"])
+    if tokens:
+        rows.append(["LLM tokens (prompt + completion)", fmt(sum(tokens))])
+    seconds = {stage: s["seconds"] for stage, s in stats.items() if isinstance(s.get("seconds"), (int, float))}
+    if seconds:
+        rows.append(["time", f"{sum(seconds.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())])
+    return rows
+
+
 # ------------------------------------------------------------------------------------ 1. Run
 
 

@@ -4,10 +4,13 @@ Input: ``benchmark.model`` (model dir, adapter dir or Hugging Face id; default t
 ``train/model``), loaded once by the shared inference loader. Suites are config options
 (``benchmark=medical|general|all|smoke|none``, conf/benchmark/); each states its tasks and, per task,
 the shot count and where that choice comes from. Tasks are lm-eval's own, renamed ``alpacare_*`` and
-reading local files (alpacare/evaluation/benchmarks/); ``alpacare_meqsum`` is summarization scored with ROUGE-L.
+reading local files (alpacare/evaluation/benchmarks/); ``alpacare_meqsum`` is lm-eval's meqsum
+(its prompt, up to 256 new tokens, ROUGE with empty predictions left out of the mean). The user's own
+lm-eval YAMLs join with ``benchmark.include_path``; every override applies to them too. One model
+wrapper serves every task (``build_lm``).
 
 Outputs: ``benchmark/results.json`` (lm-eval's results dictionary, as ``lm_eval --output_path``
-writes it, native tasks included), ``benchmark/tasks/`` (the resolved task YAMLs: ``lm_eval
+writes it), ``benchmark/tasks/`` (the resolved task YAMLs: ``lm_eval
 --include_path`` on that folder reproduces the numbers), ``benchmark/samples_<task>.jsonl`` with
 ``benchmark.log_samples=true``, and ``stats.json`` with a compact table (task, metric, value,
 stderr, n, shots). W&B summary keys: ``benchmark/<task>/<metric>`` (and ``.../<metric>_stderr``).
@@ -24,13 +27,11 @@ import yaml
 
 from alpacare.evaluation.benchmarks import tasks_index
 from alpacare.evaluation.benchmarks.data import data_root, verify_files
-from alpacare.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from alpacare.data.jsonl import write_json_atomic, write_jsonl_atomic
 from alpacare.errors import ConfigError, first_line
 from alpacare.stages import BENCHMARK_RESULTS, MODEL, StageContext
 
 log = logging.getLogger(__name__)
-
-DEFAULT_GENERATION_BATCH = 16  # native tasks with benchmark.batch_size=auto
 
 
 def task_names(cfg: Any) -> list[str]:
@@ -97,8 +98,32 @@ def check(cfg: Any) -> None:
 def fewshot_plan(cfg: Any) -> dict[str, int]:
     """Shots per configured name: ``benchmark.num_fewshot`` for every task, else the suite's map."""
     if cfg.num_fewshot is not None:
-        return {t: int(cfg.num_fewshot) for t in task_names(cfg) if t not in tasks_index.NATIVE}
+        return {t: int(cfg.num_fewshot) for t in task_names(cfg)}
     return {str(k): int(v) for k, v in (cfg.fewshot or {}).items()}
+
+
+def user_fewshot(cfg: Any, plan: dict[str, int]) -> dict[str, int]:
+    """The plan's entries for the user's own tasks (set on lm-eval's task objects by the runner; the
+    shipped ones are written into their YAMLs). With ``benchmark.num_fewshot`` none: lm-eval applies
+    it to every task, as ``lm_eval --num_fewshot`` does (keeping a task's explicit 0)."""
+    if cfg.num_fewshot is not None:
+        return {}
+    shipped = set(tasks_index.known_names())
+    return {name: shots for name, shots in plan.items() if name not in shipped}
+
+
+def build_lm(cfg: Any, source: str, merged_dir: Path) -> tuple[Any, Optional[Any]]:
+    """The stage's one model wrapper (lm-eval's ``HFLM`` or ``VLLM``), built once for every task:
+    on a GPU, vLLM takes most of its memory, so no second engine may be started beside it."""
+    from alpacare.evaluation.benchmarks import runner
+
+    if cfg.backend == "vllm":
+        return runner.vllm_lm(source, cfg.dtype, cfg.batch_size, cfg.seed, merged_dir), None
+    from alpacare.evaluation.inference import load_for_inference
+
+    log.info("benchmark: loading %s", source)
+    im = load_for_inference(source, "benchmark.model", dtype=cfg.dtype, device=cfg.device)
+    return runner.hf_lm(im, cfg.batch_size, cfg.max_batch_size), im
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -107,47 +132,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not tasks:
         log.info("benchmark: no tasks (benchmark=none)")
         return {"tasks": 0}
-    from alpacare.evaluation.benchmarks import runner, summarize
-    from alpacare.evaluation.inference import Decoding, generate, generate_vllm, load_for_inference
+    from alpacare.evaluation.benchmarks import runner
 
     source = ctx.model_source(MODEL)
     root = data_root(ctx.cfg.cache_dir)
     shots = fewshot_plan(cfg)
     task_dir = tasks_index.prepare_task_dir(ctx.dir / "tasks", root, shots)
-    lm_tasks = [t for t in tasks if t not in tasks_index.NATIVE]
-    native = [tasks_index.NATIVE[t] for t in tasks if t in tasks_index.NATIVE]
     limit = int(cfg.limit) if cfg.limit is not None else None
+    lm, im = build_lm(cfg, source, ctx.dir / "vllm_merged_model")
+    results = runner.run_lm_eval(lm, tasks, task_dir, cfg.include_path, limit=limit, seed=cfg.seed,
+                                 log_samples=cfg.log_samples, num_fewshot=cfg.num_fewshot,
+                                 fewshot=user_fewshot(cfg, shots))
 
-    im = None
-    if cfg.backend == "hf":
-        log.info("benchmark: loading %s", source)
-        im = load_for_inference(source, "benchmark.model", dtype=cfg.dtype, device=cfg.device)
-    results: Optional[dict[str, Any]] = None
-    if lm_tasks:
-        if cfg.backend == "vllm":
-            lm = runner.vllm_lm(source, cfg.dtype, cfg.batch_size, cfg.seed, ctx.dir / "vllm_merged_model")
-        else:
-            lm = runner.hf_lm(im, cfg.batch_size, cfg.max_batch_size)
-        results = runner.run_lm_eval(lm, lm_tasks, task_dir, cfg.include_path, limit=limit, seed=cfg.seed,
-                                     log_samples=cfg.log_samples)
-    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else DEFAULT_GENERATION_BATCH
-    decoding = Decoding(max_new_tokens=summarize.MAX_NEW_TOKENS)
-
-    def gen(prompts: list[str]) -> list[str]:
-        if cfg.backend == "vllm":
-            outs = generate_vllm(source, prompts, decoding, dtype=cfg.dtype, merged_dir=ctx.dir / "vllm_merged_model",
-                                 seed=cfg.seed)
-        else:
-            outs = generate(im, prompts, decoding, batch_size=batch, seed=cfg.seed)
-        return [o.text for o in outs]
-
-    for task in native:
-        path = tasks_index.shipped_file(task) if task.dataset is None else root / tasks_index.data_needs(task.name)[0]
-        docs = read_jsonl(path)[:limit] if limit else read_jsonl(path)
-        log.info("benchmark: %s, %d questions to summarize", task.name, len(docs))
-        results = runner.merge(results, summarize.score(task.name, docs, gen, log_samples=cfg.log_samples))
-
-    assert results is not None
     samples = results.pop("samples", None) or {}
     if cfg.log_samples:
         for name, rows in samples.items():

@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from alpacare.data.eval_sets import check_eval_set, eval_set_name, load_items
 from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.fingerprint import check_settings
-from alpacare.evaluation.inference import Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, model_name
+from alpacare.evaluation.inference import (
+    Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, load_vllm, model_name,
+)
 from alpacare.prompts.alpaca import format_prompt
 from alpacare.stages import MODEL, PREDICTIONS, StageContext
 
@@ -61,12 +63,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     decoding = decoding_of(cfg)
     check_settings(ctx.dir, settings(source, cfg), stage="predict", allow_changed=cfg.allow_changed_settings,
                    has_work=any(p.stat().st_size for p in ctx.dir.glob(f"*{WORK_LOG_SUFFIX}")))
-    loaded: list[InferenceModel] = []
+    loaded: list[Any] = []
 
-    def model() -> InferenceModel:
+    def engine() -> Any:
+        """The stage's one model (hf) or vLLM engine, built at first use and kept for every test set."""
         if not loaded:
-            log.info("predict: loading %s", source)
-            loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device))
+            log.info("predict: loading %s (%s)", source, cfg.backend)
+            if cfg.backend == "vllm":
+                loaded.append(load_vllm(source, dtype=cfg.dtype, merged_dir=ctx.dir / "vllm_merged_model", seed=cfg.seed))
+            else:
+                loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device))
         return loaded[0]
 
     per_set: dict[str, dict[str, Any]] = {}
@@ -82,7 +88,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             todo = [i for i in range(len(items)) if i not in done]
             log.info("predict: %s, %d items, %d already answered", name, len(items), len(items) - len(todo))
             if todo:
-                _answer(ctx, model, [prompts[i] for i in todo], todo, work, desc=f"predict {name}")
+                _answer(ctx, engine, [prompts[i] for i in todo], todo, work, desc=f"predict {name}")
             answers = {r["index"]: r for r in work.records}
         seconds = time.perf_counter() - started
         records = [{**it, "output": answers[it["index"]]["output"], "generator": generator,
@@ -99,7 +105,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "mean_new_tokens": round(sum(r["new_tokens"] for r in records) / max(len(records), 1), 1),
             "new_tokens_per_s": round(new_tokens / seconds, 1) if todo and seconds > 0 else None,
         }
-    im = loaded[0] if loaded else None
+    im = loaded[0] if loaded and isinstance(loaded[0], InferenceModel) else None
     stats = {
         "model": source,
         "generator": generator,
@@ -117,7 +123,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **{f"{name}_stopped_at_max": s["stopped_at_max_new_tokens"] for name, s in per_set.items()}}
 
 
-def _answer(ctx: StageContext, model, prompts: list[str], indices: list[int], work: AppendLog, desc: str) -> None:
+def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], work: AppendLog, desc: str) -> None:
     cfg = ctx.cfg.predict
     bar = tqdm(total=len(prompts), desc=desc, unit="item", dynamic_ncols=True)
 
@@ -129,10 +135,8 @@ def _answer(ctx: StageContext, model, prompts: list[str], indices: list[int], wo
 
     try:
         if cfg.backend == "vllm":
-            generations = generate_vllm(ctx.model_source(MODEL), prompts, decoding_of(cfg), dtype=cfg.dtype,
-                                        merged_dir=ctx.dir / "vllm_merged_model", seed=cfg.seed)
-            record(list(range(len(prompts))), generations)
+            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed))
         else:
-            generate(model(), prompts, decoding_of(cfg), batch_size=cfg.batch_size, on_batch=record, seed=cfg.seed)
+            generate(engine(), prompts, decoding_of(cfg), batch_size=cfg.batch_size, on_batch=record, seed=cfg.seed)
     finally:
         bar.close()

@@ -9,15 +9,17 @@ JSON/JSONL, with or without a run around it.
 Sections, top to bottom; one is left out when its stage did not run (no ``stats.json``), and left
 out with a note when its input is unreadable (corrupt stats, a dataset of the wrong shape):
 
-1. Run: the commands run on this dir (stages, overrides) and the key settings of each stage.
-2. Data: counts, rejects, dedup kept ratio; tokens and cost per stage and role.
-3. Dataset analysis (alpacare/report/analysis.py) of the generated data or ``report.data``, next to the seeds.
-4. Training: loss curve from ``train/metrics.jsonl``, tokens/s, peak memory, time.
-5. Predictions: items and speed per test set.
-6. Win rates: test sets x references, with SE, n and the length-controlled value, and the bar chart.
-7. Benchmarks: lm-eval table and chart.
+1. Results: the numbers a reader came for (win rates with SE and LC, benchmark scores, data counts,
+   contamination removed, cost, time; alpacare/report/sections.py ``results_section``).
+2. Win rates: test sets x references, with SE, n and the length-controlled value, and the bar chart.
+3. Benchmarks: lm-eval table and chart.
+4. Data: counts, rejects, dedup kept ratio; tokens and cost per stage and role.
+5. Dataset analysis (alpacare/report/analysis.py) of the generated data or ``report.data``, next to the seeds.
+6. Training: loss curve from ``train/metrics.jsonl``, tokens/s, peak memory, time.
+7. Predictions: items and speed per test set.
 8. Human review: ``alpacare-review`` summaries, when imported with ``--run-dir``.
-9. Artifacts: where each stage's files lie.
+9. Run: the commands run on this dir (stages, overrides) and the key settings of each stage.
+10. Artifacts: where each stage's files lie.
 
 Also written: ``report/analysis.json`` (the dataset analysis numbers), the charts as PNGs, and
 ``stats.json`` (sections present, sections omitted with why). W&B: every table and chart.
@@ -41,6 +43,7 @@ from alpacare.report.sections import (
     benchmark_section,
     data_section,
     predictions_section,
+    results_section,
     review_section,
     run_section,
     training_section,
@@ -76,9 +79,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             blocks.extend(section)
             sections.append(name)
 
-    add("run", run_section(run_dir, ran))
+    # Results first (the numbers a reader came for), the detail behind them, the settings last.
+    add("results", results_section(run_dir, stats))
     for stage, reason in omitted.items():
         blocks.append(note(f"{stage}: section left out, {reason}"))
+    add("win_rates", win_rates_section(run_dir, stats.get("judge"), out))
+    add("benchmarks", benchmark_section(stats.get("benchmark"), out))
     add("data", data_section(run_dir, stats))
     analysis_blocks, analysis_note = analysis_section(ctx, out)
     add("analysis", analysis_blocks)
@@ -87,11 +93,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         blocks.append(note(f"dataset analysis left out: {analysis_note}"))
     add("training", training_section(run_dir, stats.get("train"), out))
     add("predictions", predictions_section(stats.get("predict")))
-    add("win_rates", win_rates_section(run_dir, stats.get("judge"), out))
-    add("benchmarks", benchmark_section(stats.get("benchmark"), out))
     review_blocks, review_notes = review_section(run_dir)
     add("review", review_blocks)
     omitted.update(review_notes)
+    add("run", run_section(run_dir, ran))
     add("artifacts", artifacts_section(run_dir, [*ran, "report"]))
 
     title = f"alpacare report: {run_dir.name}"

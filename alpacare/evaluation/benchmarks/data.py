@@ -61,7 +61,7 @@ PUBMEDQA_FILES = (RawFile("pubmedqa/pubmedqa/master/data/ori_pqal.json"),
 # abachaa/MeQSum's spreadsheet); not verifiable from this machine, which has no network.
 MEQSUM_FILES = (RawFile("abachaa/MeQSum/master/MeQSum_ACL2019_BenAbacha_Demner-Fushman.xlsx",
                         "abedd939d5014306ca576522416bf69103e85dc8fcf1668a4099e8b84a39eeea"),)
-MEQSUM_DATASET = ("abachaa/MeQSum", "default")
+MEQSUM_DATASET = ("abachaa/MeQSum", None)  # (hf-style path, config): the task YAML reads <path>/default/train.jsonl
 
 
 def data_root(cache_dir: str | Path | None = None, *, for_writing: bool = False) -> Path:
@@ -262,7 +262,7 @@ def fetch_benchmarks(task_names: list[str], cache_dir: str | Path | None = None,
                     _write_jsonl(root, f"{dataset}/{config}/{split}.jsonl", rows, f"{raw_base}/{PUBMEDQA_FILES[0].path}", manifest)
             elif (dataset, config) == MEQSUM_DATASET:
                 rows = xlsx_rows(_fetch_raw(client, raw_base, MEQSUM_FILES[0], manifest))
-                _write_jsonl(root, f"{dataset}/{config}/train.jsonl", rows, f"{raw_base}/{MEQSUM_FILES[0].path}", manifest)
+                _write_jsonl(root, f"{dataset}/default/train.jsonl", rows, f"{raw_base}/{MEQSUM_FILES[0].path}", manifest)
             else:
                 fetch_parquet_dataset(client, root, dataset, config, splits, manifest, server)
             _write_manifest(root, manifest)

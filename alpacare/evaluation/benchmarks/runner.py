@@ -1,15 +1,16 @@
-"""Run a benchmark suite: lm-eval in-process for lm-eval tasks, the summarizer for native ones.
+"""Run a benchmark suite: lm-eval in-process, one model wrapper (one engine) for every task.
 
-The lm-eval half is what ``lm_eval --model hf --model_args pretrained=DIR,dtype=D --tasks T
---include_path <run>/benchmark/tasks --device DEV --batch_size B --seed S`` does (tests compare the
-two), except that the model is the one the shared inference loader loaded, wrapped in ``HFLM``
-with its tokenizer, batch size and device given to ``HFLM`` itself (``simple_evaluate`` ignores
-them for a model object).
+This is what ``lm_eval --model hf --model_args pretrained=DIR,dtype=D --tasks T --include_path
+<run>/benchmark/tasks [--include_path USER_DIR] --device DEV --batch_size B --seed S [--num_fewshot N]``
+does (tests compare the two), except that the model is the one the shared inference loader loaded,
+wrapped in ``HFLM`` with its tokenizer, batch size and device given to ``HFLM`` itself
+(``simple_evaluate`` ignores them for a model object). Shots per task for the user's own tasks
+(``benchmark.fewshot`` naming them) are set on the task objects lm-eval builds (``load_tasks``): the
+shipped tasks get theirs written into their YAMLs instead (tasks_index.prepare_task_dir).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -17,9 +18,6 @@ from typing import Any, Optional
 from alpacare.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
-
-# Keys of lm-eval's results dict that hold one entry per task or group.
-PER_TASK_KEYS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
 
 
 def seeds(seed: int) -> dict[str, int]:
@@ -42,28 +40,63 @@ def vllm_lm(source: str, dtype: str, batch_size: Any, seed: int, merged_dir: Pat
         from lm_eval.models.vllm_causallms import VLLM
     except ImportError:
         raise ConfigError("benchmark.backend=vllm: vLLM is not installed (pip install 'alpacare[vllm]')") from None
-    path = Path(source).expanduser()
-    if (path / "adapter_config.json").is_file():
-        if not (merged_dir / "config.json").is_file():
-            from alpacare.training.models import save_merged_model
+    from alpacare.evaluation.inference import vllm_source
 
-            save_merged_model(path, merged_dir, card=f"Merged from {path} for vLLM by alpacare.\n")
-        source = str(merged_dir)
-    return VLLM(pretrained=source, dtype=dtype, batch_size=batch_size, seed=seed)
+    return VLLM(pretrained=vllm_source(source, merged_dir), dtype=dtype, batch_size=batch_size, seed=seed)
 
 
-def run_lm_eval(lm: Any, tasks: list[str], task_dir: Path, include_path: Optional[str], *, limit: Optional[int],
-                seed: int, log_samples: bool) -> dict[str, Any]:
-    from lm_eval import simple_evaluate
+def load_tasks(manager: Any, names: list[str], fewshot: dict[str, int]) -> list[Any]:
+    """Build ``names`` once with lm-eval's ``TaskManager``; set each leaf's shots from ``fewshot``
+    (task, group or tag names lm-eval knows, e.g. the user's own); return the top-level tasks and
+    groups, which ``simple_evaluate`` takes as they are."""
+    from lm_eval.tasks._index import Kind
+
+    from alpacare.evaluation.benchmarks.tasks_index import shots_per_leaf
+
+    loaded = manager.load(list(names))
+    tasks, groups = loaded["tasks"], loaded["groups"]
+    index = manager.task_index
+
+    def leaves_of(name: str) -> list[str]:
+        if name in groups:
+            return [t.task_name for t in groups[name].get_all_tasks()]
+        entry = index.get(name)
+        members = sorted(entry.tags) if entry is not None and entry.kind == Kind.TAG else [name]
+        return [t for t in members if t in tasks]
+
+    def depth_of(name: str) -> int:
+        entry = index.get(name)
+        return 0 if entry is not None and entry.kind == Kind.TAG else 1 if name in groups else 2
+
+    for leaf, shots in shots_per_leaf(fewshot, leaves_of, depth_of).items():
+        tasks[leaf].set_config(key="num_fewshot", value=shots)
+    children = {c for kids in (loaded.get("group_map") or {}).values() for c in kids}
+    in_groups = {t.task_name for g in groups.values() for t in g.get_all_tasks()}
+    return ([g for name, g in groups.items() if name not in children]
+            + [t for name, t in tasks.items() if name not in in_groups])
+
+
+def task_manager(task_dir: Path, include_path: Optional[str]) -> Any:
     from lm_eval.tasks import TaskManager
 
     paths = [str(task_dir)] + ([str(Path(include_path).expanduser())] if include_path else [])
     try:
-        manager = TaskManager(include_path=paths, include_defaults=False)
+        return TaskManager(include_path=paths, include_defaults=False)
     except Exception as e:  # lm-eval reports a malformed YAML with its own exception types
         raise ConfigError(f"benchmark.include_path={include_path}: cannot read its task YAMLs ({first_line(e)})") from None
+
+
+def run_lm_eval(lm: Any, tasks: list[str], task_dir: Path, include_path: Optional[str], *, limit: Optional[int],
+                seed: int, log_samples: bool, num_fewshot: Optional[int] = None,
+                fewshot: Optional[dict[str, int]] = None) -> dict[str, Any]:
+    """``num_fewshot``: lm-eval's ``--num_fewshot`` (every task; lm-eval keeps a task's explicit 0).
+    ``fewshot``: shots per task, group or tag name, applied to the built tasks (``load_tasks``)."""
+    from lm_eval import simple_evaluate
+
+    manager = task_manager(task_dir, include_path)
     try:
-        results = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+        built = load_tasks(manager, list(tasks), fewshot or {})
+        results = simple_evaluate(model=lm, tasks=built, limit=limit, task_manager=manager, num_fewshot=num_fewshot,
                                   log_samples=log_samples, **seeds(seed))
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
         # A user task that names a missing file or a bad key fails inside lm-eval; say which.
@@ -71,15 +104,6 @@ def run_lm_eval(lm: Any, tasks: list[str], task_dir: Path, include_path: Optiona
     if results is None:
         raise DataError("benchmark: lm-eval returned no results (not rank 0?)")
     return results
-
-
-def merge(results: Optional[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
-    """Add a native task's entries to lm-eval's results dict (same keys, one entry per task)."""
-    out = copy.copy(results) if results else {}
-    for key in PER_TASK_KEYS + ("samples",):
-        if key in extra:
-            out[key] = {**(out.get(key) or {}), **extra[key]}
-    return out
 
 
 def _split_key(key: str) -> tuple[str, str]:

@@ -1,11 +1,8 @@
 """The shipped tasks: names, groups, the data each one reads, and the run-time task folder.
 
-Two kinds of tasks:
-- lm-eval tasks: YAMLs under ``alpacare/evaluation/benchmarks/tasks/`` (derived from lm-eval's own by
-  make_tasks.py, plus the original ``smoke`` suite), run by lm-eval;
-- native tasks (``NATIVE``): summarization scored with ROUGE-L (MeQSum), run by
-  alpacare/evaluation/benchmarks/summarize.py with the predict machinery, because lm-eval's MeQSum task needs
-  ``evaluate.load`` (network) and BigBio's script.
+Every task is an lm-eval task, run by lm-eval: YAMLs under ``alpacare/evaluation/benchmarks/tasks/``,
+derived from lm-eval's own by make_tasks.py, plus ``alpacare_meqsum`` (lm-eval's meqsum with offline
+functions, alpacare/evaluation/benchmarks/meqsum.py) and the original ``smoke`` suite.
 
 The YAMLs name their data files under ``@BENCHMARK_DATA@`` (the fetched data) or ``@TASKS_DIR@``
 (files shipped beside them); ``prepare_task_dir`` writes a copy with both resolved, and each task's
@@ -19,31 +16,15 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
-from alpacare.errors import ConfigError, DataError
+from alpacare.errors import ConfigError
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DATA_PLACEHOLDER = "@BENCHMARK_DATA@"
 TASKS_PLACEHOLDER = "@TASKS_DIR@"
-
-
-@dataclass(frozen=True)
-class NativeTask:
-    """A summarization task in MeQSum's layout (CHQ, Summary), scored with ROUGE-L."""
-
-    name: str
-    dataset: Optional[tuple[str, str]]  # fetched (hf-style path, config); None = shipped file
-    split: str = "train"
-    shipped_file: Optional[str] = None  # relative to TASKS_DIR
-
-
-NATIVE: dict[str, NativeTask] = {t.name: t for t in (
-    NativeTask("alpacare_meqsum", ("abachaa/MeQSum", "default")),
-    NativeTask("alpacare_smoke_meqsum", None, shipped_file="smoke/smoke_meqsum.jsonl"),
-)}
 
 
 class _Loader(yaml.SafeLoader):
@@ -78,12 +59,19 @@ class TaskYaml:
         return dict((self.config.get("dataset_kwargs") or {}).get("data_files") or {})
 
 
+def _load(path: Path) -> dict[str, Any]:
+    """A task YAML with its ``include`` chain merged in, the file's own keys winning (as lm-eval does)."""
+    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    if "include" in cfg:
+        cfg = {**_load(path.parent / cfg.pop("include")), **cfg}
+    return cfg
+
+
 @functools.lru_cache(maxsize=None)
 def index(tasks_dir: Path = TASKS_DIR) -> dict[str, TaskYaml]:
     out: dict[str, TaskYaml] = {}
     for path in sorted(tasks_dir.rglob("*.yaml")):
-        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
-        entry = TaskYaml(path, cfg)
+        entry = TaskYaml(path, _load(path))
         out[entry.name] = entry
     return out
 
@@ -91,7 +79,7 @@ def index(tasks_dir: Path = TASKS_DIR) -> dict[str, TaskYaml]:
 def known_names() -> list[str]:
     idx = index()
     tags = {t for e in idx.values() for t in e.tags()}
-    return sorted(set(idx) | tags | set(NATIVE))
+    return sorted(set(idx) | tags)
 
 
 def leaves(name: str) -> list[TaskYaml]:
@@ -127,9 +115,6 @@ def _dataset_of(rel: str) -> tuple[tuple[str, Optional[str]], str]:
 
 def data_needs(name: str) -> list[str]:
     """Relpaths under the benchmark data root that task ``name`` reads (empty: shipped data)."""
-    if name in NATIVE:
-        t = NATIVE[name]
-        return [f"{t.dataset[0]}/{t.dataset[1]}/{t.split}.jsonl"] if t.dataset else []
     rels = []
     for leaf in leaves(name):
         for path in leaf.data_files().values():
@@ -143,11 +128,6 @@ def datasets_for(names: Iterable[str]) -> dict[tuple[str, Optional[str]], list[s
     check_task_names(list(names), "--tasks")
     out: dict[tuple[str, Optional[str]], set[str]] = {}
     for name in names:
-        if name in NATIVE:
-            t = NATIVE[name]
-            if t.dataset:
-                out.setdefault(t.dataset, set()).add(t.split)
-            continue
         for leaf in leaves(name):
             for path in leaf.data_files().values():
                 if path.startswith(DATA_PLACEHOLDER + "/"):
@@ -165,18 +145,28 @@ def _leaf_names(name: str) -> list[str]:
     return [leaf.name for leaf in leaves(name)]
 
 
+def shots_per_leaf(fewshot: dict[str, int], leaves_of: Callable[[str], list[str]],
+                   depth_of: Callable[[str], int]) -> dict[str, int]:
+    """Leaf task -> shots, from shots per task, group or tag name: a group's (or tag's) count applies
+    to each of its leaves and a leaf's own entry wins. ``depth_of``: 0 tag, 1 group, 2 task; among
+    groups, the one with more leaves first, so a subgroup's count wins over its parent's."""
+    leaves = {name: leaves_of(name) for name in fewshot}
+    per_leaf: dict[str, int] = {}
+    for name in sorted(fewshot, key=lambda n: (depth_of(n), -len(leaves[n]))):
+        for leaf in leaves[name]:
+            per_leaf[leaf] = int(fewshot[name])
+    return per_leaf
+
+
 def prepare_task_dir(out_dir: Path, data_root: Path, fewshot: dict[str, int]) -> Path:
     """Copy the shipped tasks into ``out_dir`` with data paths resolved and shots set.
 
-    ``fewshot``: task, group or tag -> shots; a group's count applies to each of its leaves, a
-    leaf's own entry wins. Leaves without an entry keep their YAML's setting (lm-eval's default).
+    ``fewshot``: task, group or tag -> shots (``shots_per_leaf``); names that are not shipped tasks
+    (a user's own, from ``benchmark.include_path``) are left to the runner. Leaves without an entry
+    keep their YAML's setting (lm-eval's default).
     """
-    per_leaf: dict[str, int] = {}
-    for name, shots in sorted(fewshot.items(), key=lambda kv: name_depth(kv[0])):
-        if name in NATIVE:
-            continue
-        for leaf in _leaf_names(name):
-            per_leaf[leaf] = int(shots)
+    known = set(known_names())
+    per_leaf = shots_per_leaf({k: v for k, v in fewshot.items() if k in known}, _leaf_names, name_depth)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     for entry in index().values():
@@ -195,19 +185,13 @@ def prepare_task_dir(out_dir: Path, data_root: Path, fewshot: dict[str, int]) ->
 
 
 def name_depth(name: str) -> int:
-    """Groups before their members, so a member's own shot count wins."""
+    """0 for a tag, 1 for a group, 2 for a task (``shots_per_leaf``)."""
     idx = index()
     if name in idx and not idx[name].is_group:
         return 2
     if name in idx:
         return 1
-    return 0  # a tag or a native task
-
-
-def shipped_file(task: NativeTask) -> Path:
-    if task.shipped_file is None:
-        raise DataError(f"{task.name}: has no shipped data")
-    return TASKS_DIR / task.shipped_file
+    return 0
 
 
 if __name__ == "__main__":
