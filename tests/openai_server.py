@@ -73,6 +73,8 @@ class ServerState:
     undelivered: dict[str, int] = field(default_factory=lambda: {"replies": 0, "prompt_tokens": 0, "completion_tokens": 0})
     # Replaces the default answer to a non-task request: reply(request body) -> text (a test judge).
     reply: Optional[Callable[[dict[str, Any]], str]] = None
+    # Replaces the built-in task n (a benchmark's realistic instructions): task(n) -> task dict.
+    task: Optional[Callable[[int], dict[str, Any]]] = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
     served: int = 0
@@ -122,7 +124,8 @@ def _batch(state: ServerState, n_tasks: int) -> str:
     with state.lock:
         start = next(state.counter) * n_tasks
         batch_no = start // max(n_tasks, 1)
-    text = json.dumps({"tasks": [_task(start + k, state.open_types) for k in range(n_tasks)]})
+    make = state.task or (lambda n: _task(n, state.open_types))
+    text = json.dumps({"tasks": [make(start + k) for k in range(n_tasks)]})
     if state.bad_json_every and (batch_no + 1) % state.bad_json_every == 0:
         text = text[: len(text) // 2]
     return text

@@ -330,9 +330,17 @@ class LLMClient:
         self.ledger.add(self.model, completion)
         return completion
 
+    def worst_case_usd(self, request: Request) -> float:
+        """The most ``request`` can cost at live prices (prompt upper bound + max_tokens)."""
+        return self.ledger.cost_of(_prompt_tokens_upper(request), request.max_tokens)
+
+    @staticmethod
+    def prompt_tokens_typical(request: Request) -> int:
+        return _prompt_tokens_typical(request)
+
     def _reserve(self, request: Request) -> float:
         """Hold the worst-case cost of ``request`` against the cap, or stop before sending it."""
-        worst = self.ledger.cost_of(_prompt_tokens_upper(request), request.max_tokens)
+        worst = self.worst_case_usd(request)
         spent = self.spent_before_usd + self.ledger.cost_usd_possibly_billed
         if self.max_cost_usd is not None and spent + self._reserved_usd + worst > self.max_cost_usd:
             raise SpendCapReached(
