@@ -104,6 +104,26 @@ def test_batches_are_split_by_lines_and_by_the_enqueued_token_limit(tmp_path):
     assert sum(sizes) == 10 and max(sizes) <= 4 and len(sizes) >= 3
 
 
+def test_a_kill_between_creating_the_batch_and_recording_it_finds_the_batch_again(tmp_path, monkeypatch):
+    import openai.resources.batches as batches
+
+    create = batches.Batches.create
+
+    def create_then_die(self, **kwargs):
+        create(self, **kwargs)
+        raise KeyboardInterrupt  # the process dies before the batch id reaches the batch log
+
+    with OpenAITestServer() as server:
+        monkeypatch.setattr(batches.Batches, "create", create_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            _ask(_client(server, tmp_path), tmp_path)
+        monkeypatch.setattr(batches.Batches, "create", create)
+        results = _ask(_client(server, tmp_path), tmp_path)
+        assert len(server.state.batches) == 1 and server.state.batch_lines_received == 10
+    assert all(c is not None for c, _ in results.values())
+    assert [r["event"] for r in _journal(tmp_path)] == ["file", "batch", "closed"]
+
+
 def test_plan_chunks_respects_lines_bytes_and_tokens():
     keys = [str(i) for i in range(10)]
     size = {k: 100 for k in keys}

@@ -210,10 +210,11 @@ class BatchRunner:
                              "prompt_tokens": tokens, "worst_usd": worst, "keys": keys})
         self._start(f.id, keys, tokens, worst)
 
-    def _start(self, file_id: str, keys: list[str], tokens: int, worst: float) -> None:
-        """Create the batch for an uploaded file (or find the one a killed run created) and record it."""
+    def _start(self, file_id: str, keys: list[str], tokens: int, worst: float, look_up: bool = False) -> None:
+        """Create the batch for an uploaded file (``look_up``: or find the one a killed run created)
+        and record it."""
         assert self.api is not None
-        batch = self._find_batch(file_id)
+        batch = self._find_batch(file_id) if look_up else None
         if batch is None:
             batch = self.api.batches.create(input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h",
                                             metadata={"alpacare": f"{self.c.role} {self.c.name}"})
@@ -255,7 +256,7 @@ class BatchRunner:
                     self.journal.append({"event": "closed", "file_id": file_id, "batch_id": None,
                                          "status": "not submitted", "time": time.time()})
                     continue
-                self._start(file_id, f["keys"], f["prompt_tokens"], f["worst_usd"])
+                self._start(file_id, f["keys"], f["prompt_tokens"], f["worst_usd"], look_up=True)
             else:
                 self.c._reserved_usd += f["worst_usd"]
                 opened[batch_id] = OpenBatch(batch_id, file_id, f["keys"], f["prompt_tokens"], f["worst_usd"])
@@ -326,10 +327,10 @@ class BatchRunner:
             if completion is None:
                 self._failed(key, "empty choices", "no choices in the reply (a content filter?)", status=200)
                 return
-            if c._cache is not None:
+            if c._cache is not None:  # paid: kept even when this run no longer wants it
                 c._cache.put(key, completion)
-            c.ledger.add(c.model, completion)  # paid, whether or not this run still wants it
-            if key in self.waiting:
+            if key in self.waiting:  # else a killed run delivered it already (its work log counts it)
+                c.ledger.add(c.model, completion)
                 self._deliver(key, completion, "")
             return
         error = (response.get("body") or {}).get("error") or line.get("error") or {}
