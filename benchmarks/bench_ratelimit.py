@@ -48,7 +48,7 @@ class Unpaced(RateLimiter):
 
 def run(args: argparse.Namespace, paced: bool) -> dict:
     latency = tuple(float(x) for x in args.latency.split("-"))
-    with OpenAITestServer(rpm=args.rpm, rpm_burst=args.burst, delay_s=latency, seed=1) as server:
+    with OpenAITestServer(keep_alive=True, rpm=args.rpm, rpm_burst=args.burst, delay_s=latency, seed=1) as server:
         cfg = OmegaConf.structured(EndpointConfig(name="bench", model="test-teacher", base_url=server.url,
                                                   max_concurrency=args.concurrency, max_retries=args.max_retries))
         client = LLMClient(cfg, server.url, "not-needed", cache=None)

@@ -113,7 +113,7 @@ def rehearse(mode: str, args: argparse.Namespace, corpus: list[str], root: Path)
            "PYTHONPATH": str(REPO)}
     latency = tuple(float(x) for x in args.latency.split("-"))
     rows = []
-    with OpenAITestServer(rpm=args.rpm, rpm_burst=args.burst, delay_s=latency, task=_tasks(corpus), reply=_reply,
+    with OpenAITestServer(keep_alive=True, rpm=args.rpm, rpm_burst=args.burst, delay_s=latency, task=_tasks(corpus), reply=_reply,
                           count_prompt_tokens=True, batch_run_s=args.batch_run_s, seed=1) as server:
         common = ["logger=none", f"hydra.run.dir={run_dir}"]
         for role, model in (("teacher", "test-teacher"), ("judge", "test-judge")):

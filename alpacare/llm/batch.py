@@ -43,7 +43,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
-from alpacare.data.jsonl import AppendLog
+from alpacare.data.jsonl import AppendLog, deferred_fsync
 from alpacare.errors import EndpointError, SpendCapReached
 
 # The client (alpacare.llm.client.LLMClient), its Request and Completion are typed Any here:
@@ -289,15 +289,19 @@ class BatchRunner:
                                 f"{hint} (nothing was billed; rerun to submit again)")
         seen: set[str] = set()
         counts = {"output": 0, "errors": 0}
-        for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
-            if not file_id:
-                continue
-            for line in self._download(file_id):
-                counts[kind] += 1
-                self._join(line, seen)
-        missing = [k for k in b.keys if k not in seen]
-        for key in missing:  # expired or cancelled before it ran
-            self._failed(key, "not run", f"not run before the batch was {batch.status}", status=None)
+        self.to_cache: list[tuple[str, Any]] = []
+        with deferred_fsync():  # synced before the closing line below
+            for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+                if not file_id:
+                    continue
+                for line in self._download(file_id):
+                    counts[kind] += 1
+                    self._join(line, seen)
+            missing = [k for k in b.keys if k not in seen]
+            for key in missing:  # expired or cancelled before it ran
+                self._failed(key, "not run", f"not run before the batch was {batch.status}", status=None)
+        if c._cache is not None:
+            c._cache.put_many(self.to_cache)
         self.journal.append({"event": "closed", "batch_id": b.batch_id, "file_id": b.file_id, "status": batch.status,
                              "output_lines": counts["output"], "error_lines": counts["errors"], "missing": len(missing),
                              "time": time.time()})
@@ -327,8 +331,7 @@ class BatchRunner:
             if completion is None:
                 self._failed(key, "empty choices", "no choices in the reply (a content filter?)", status=200)
                 return
-            if c._cache is not None:  # paid: kept even when this run no longer wants it
-                c._cache.put(key, completion)
+            self.to_cache.append((key, completion))  # paid: kept even when this run no longer wants it
             if key in self.waiting:  # else a killed run delivered it already (its work log counts it)
                 c.ledger.add(c.model, completion)
                 self._deliver(key, completion, "")

@@ -203,9 +203,13 @@ class ResponseCache:
                              "abandoned_prompt_tokens": 0, "abandoned_completion_tokens": 0})
 
     def put(self, key: str, completion: Completion) -> None:
-        value = json.dumps({**asdict(completion), "cached": False}, ensure_ascii=False)
+        self.put_many([(key, completion)])
+
+    def put_many(self, items: Sequence[tuple[str, Completion]]) -> None:
+        """One transaction (a Batch API output file: one commit instead of one per answer)."""
+        rows = [(key, json.dumps({**asdict(c), "cached": False}, ensure_ascii=False)) for key, c in items]
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, value))
+            self._db.executemany("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", rows)
             self._db.commit()
 
     def close(self) -> None:
