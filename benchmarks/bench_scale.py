@@ -240,10 +240,10 @@ def paper_estimate(cache_dir: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=52000, help="instructions to generate (paper: 52k)")
-    p.add_argument("--rpm", type=float, default=12000, help="the server's limit, requests/min")
-    p.add_argument("--burst", type=float, default=400)
+    p.add_argument("--rpm", type=float, default=4800, help="the server's limit, requests/min")
+    p.add_argument("--burst", type=float, default=200)
     p.add_argument("--latency", default="1-3", help="seconds per reply, LOW-HIGH")
-    p.add_argument("--concurrency", type=int, default=512, help="<role>.max_concurrency")
+    p.add_argument("--concurrency", type=int, default=384, help="<role>.max_concurrency")
     p.add_argument("--modes", default="live,batch")
     p.add_argument("--poll-s", type=float, default=2.0, help="<role>.batch_poll_s")
     p.add_argument("--batch-run-s", type=float, default=10.0, help="how long the server takes per batch")
