@@ -494,6 +494,9 @@ def _batch_status(state: ServerState, batch_id: str) -> Optional[dict[str, Any]]
     if b is None:
         return None
     status, done = _phase(state, b)
+    with state.lock:
+        if not b.setdefault("statuses", []) or b["statuses"][-1] != status:
+            b["statuses"].append(status)  # what the clients were shown, in order
     n = len(b["requests"])
     counts = {"total": n, "completed": math.floor(n * done), "failed": 0}
     output = error = None

@@ -46,10 +46,11 @@ def _journal(tmp_path):
 
 
 def test_error_file_lines_are_resubmitted_and_output_joins_by_custom_id(tmp_path):
-    with OpenAITestServer(batch_error_every=4) as server:
+    with OpenAITestServer(batch_error_every=4, batch_finalize_s=0.3) as server:
         client = _client(server, tmp_path)
         results = _ask(client, tmp_path)
         state = server.state
+    assert state.batches["batch_1"]["statuses"] == ["validating", "in_progress", "finalizing", "completed"]
     # every answer is the one for its own question, although the output came back shuffled
     assert all(c is not None and c.text.startswith(f"Answer: Question {k}?") for k, (c, e) in results.items())
     assert len(results) == 10 and not state.requests  # nothing went live
