@@ -316,6 +316,9 @@ class LLMClient:
         finally:
             bar.close()
             await client.close()
+            if self.limiter.buckets:
+                log.info("%s: paced at %s; %d replies were 429s", self.role, self.limiter.describe(),
+                         self.ledger.failed_attempts.get("429", 0))
         if stop:
             raise stop[0]
 
