@@ -62,6 +62,27 @@ class EndpointConfig:
     max_cost_usd: Optional[float] = None
     # Cache of responses keyed by request, shared across runs: paid work is never repeated.
     cache: bool = True
+    # Pacing (alpacare/llm/ratelimit.py). The limits are read from every reply's x-ratelimit-*
+    # headers (OpenAI's), so OpenAI needs nothing here; these are requests / tokens (prompt +
+    # max_tokens) per minute for servers that send no headers, or a lower share of a key. None = none known.
+    rpm_limit: Optional[float] = None
+    tpm_limit: Optional[float] = None
+    # OpenAI's Batch API instead of live requests (alpacare/llm/batch.py): results within 24 h at
+    # batch_discount x the live prices. Submitted batches are recorded in <stage>/batches.jsonl so a
+    # rerun re-attaches to them instead of submitting again.
+    batch: bool = False
+    # Seconds between status checks of a running batch (OpenAI's take minutes to hours).
+    batch_poll_s: float = 30.0
+    # Price factor of batch lines in the ledger (OpenAI: 0.5, set by the OpenAI presets).
+    batch_discount: float = 1.0
+    # Prompt tokens this model may have enqueued in unfinished batches (OpenAI's per-model queue
+    # limit, by usage tier: a batch over it fails with token_limit_exceeded). None = no limit.
+    batch_max_enqueued_tokens: Optional[int] = None
+    # Lines of the error file and lines an expired/cancelled batch left undone: resubmit (in the
+    # next batch) or live (as live requests, at the live price).
+    batch_retry: str = "resubmit"
+    # Lines per batch (OpenAI's limit: 50,000; each batch file is also kept under its 200 MB).
+    batch_max_lines: int = 50000
 
 
 @dataclass
@@ -495,5 +516,15 @@ def _validate_endpoint(ep: Any, role: str) -> None:
     _check(ep.max_retries >= 0, f"{role}.max_retries", "must be >= 0")
     _check(ep.timeout_s > 0, f"{role}.timeout_s", "must be positive")
     _check(ep.max_cost_usd is None or ep.max_cost_usd >= 0, f"{role}.max_cost_usd", "must be >= 0")
+    _check(ep.rpm_limit is None or ep.rpm_limit > 0, f"{role}.rpm_limit", "must be positive")
+    _check(ep.tpm_limit is None or ep.tpm_limit > 0, f"{role}.tpm_limit", "must be positive")
+    _check(ep.batch_poll_s > 0, f"{role}.batch_poll_s", "must be positive")
+    _check(0 < ep.batch_discount <= 1, f"{role}.batch_discount", f"must be in (0, 1], got {ep.batch_discount}")
+    _check(ep.batch_max_enqueued_tokens is None or ep.batch_max_enqueued_tokens > 0, f"{role}.batch_max_enqueued_tokens",
+           "must be positive")
+    _check(ep.batch_retry in ("resubmit", "live"), f"{role}.batch_retry", f"must be resubmit or live, got {ep.batch_retry!r}")
+    _check(1 <= ep.batch_max_lines <= 50000, f"{role}.batch_max_lines", "must be in [1, 50000] (OpenAI's limit)")
+    _check(not (ep.batch and ep.launch_local), f"{role}.batch",
+           "the embedded local server has no Batch API (set it to false, or use an endpoint that has one)")
     _check(ep.launch_local or bool(ep.base_url) or ep.api_key_env is not None,
            f"{role}.base_url", f"is not set (set {role}.base_url=URL or {role}.launch_local=true)")

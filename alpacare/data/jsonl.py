@@ -10,11 +10,12 @@ Two kinds of files:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 from alpacare.errors import DataError
 
@@ -89,6 +90,28 @@ def read_json_or_jsonl(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
+# Logs appended to inside ``deferred_fsync`` (None outside it).
+_deferred: Optional[list["AppendLog"]] = None
+
+
+@contextlib.contextmanager
+def deferred_fsync() -> Iterator[None]:
+    """Appends inside are written and flushed (a killed process loses none) but fsync'd once per
+    log at the end, not per record. For callers that record their own completion after the block
+    (a Batch API batch is closed in its batch log only after its results are in the work log), so
+    a machine crash inside loses only work the rerun redoes: 50,000 answers of one batch cost one
+    fsync instead of ~80 s of them (1.6 ms each, measured on the test machine)."""
+    global _deferred
+    outer, _deferred = _deferred, []
+    try:
+        yield
+    finally:
+        logs, _deferred = _deferred, outer
+        for log in {id(x): x for x in logs}.values():
+            if not log._f.closed:
+                os.fsync(log._f.fileno())
+
+
 class AppendLog:
     """Append-only JSONL log that resumes after a crash without losing or duplicating records."""
 
@@ -118,7 +141,10 @@ class AppendLog:
     def append(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if _deferred is None:
+            os.fsync(self._f.fileno())
+        else:
+            _deferred.append(self)
         self.records.append(record)
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 compares answers): the official ``openai`` AsyncOpenAI against any OpenAI-compatible endpoint
 (OpenAI, vLLM, Ollama, llama.cpp, TGI, a proxy for Claude, or the embedded local server).
 
-- bounded concurrency (``<role>.max_concurrency`` requests in flight);
+- bounded concurrency (``<role>.max_concurrency`` requests in flight), paced under the server's
+  rate limits (read from the ``x-ratelimit-*`` headers of every reply, or ``<role>.rpm_limit`` /
+  ``tpm_limit``): alpacare/llm/ratelimit.py;
 - retries with exponential backoff (or the server's Retry-After) on 429, 5xx, timeouts, connection
   errors, bodies cut short, and 200 replies without choices (content filters send those), and a
   per-request timeout. The loop is ours, with the openai client's own retries off: only then is
@@ -21,6 +23,7 @@ straight to the client; it is never stored on this object's config, logged, or w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -29,6 +32,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -37,11 +41,18 @@ import openai
 from tqdm.auto import tqdm
 
 from alpacare.errors import EndpointError, SpendCapReached
+from alpacare.llm.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
+# The batch log in a stage's folder (alpacare/llm/batch.py): the Batch API batches it submitted.
+BATCH_LOG = "batches.jsonl"
+
 # A rough upper bound on tokens per character of prompt, for the spend cap's worst case.
 _TOKENS_PER_CHAR_UPPER = 0.5
+# OpenAI's rule of thumb (~4 characters per token of English), for pacing: the limiter corrects
+# its estimate from the server's remaining-tokens header, so a typical figure beats a bound here.
+_TOKENS_PER_CHAR_TYPICAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,8 @@ class Completion:
     abandoned_attempts: int = 0
     abandoned_prompt_tokens: int = 0
     abandoned_completion_tokens: int = 0
+    # Share of the live price this answer is billed at (``<role>.batch_discount`` for Batch API lines).
+    price_factor: float = 1.0
 
 
 def work_log_usage(completion: Optional[Completion]) -> dict[str, Any]:
@@ -90,13 +103,15 @@ def work_log_usage(completion: Optional[Completion]) -> dict[str, Any]:
         "abandoned_attempts": c.abandoned_attempts if c else 0,
         "abandoned_prompt_tokens": c.abandoned_prompt_tokens if c else 0,
         "abandoned_completion_tokens": c.abandoned_completion_tokens if c else 0,
+        "price_factor": c.price_factor if c else 1.0,
     }
 
 
 def paid_cost(ledger: "Ledger", work_log: Sequence[dict[str, Any]]) -> tuple[float, float]:
     """USD of a work log's paid (not cached) requests: received, and possibly billed (received plus
     the worst case of the attempts abandoned on the way)."""
-    received = ledger.cost_of(sum(r["prompt_tokens"] for r in work_log), sum(r["completion_tokens"] for r in work_log))
+    received = sum(ledger.cost_of(r["prompt_tokens"], r["completion_tokens"]) * r.get("price_factor", 1.0)
+                   for r in work_log)
     abandoned = ledger.cost_of(sum(r.get("abandoned_prompt_tokens", 0) for r in work_log),
                                sum(r.get("abandoned_completion_tokens", 0) for r in work_log))
     return received, received + abandoned
@@ -145,15 +160,11 @@ class Ledger:
         self.abandoned_prompt_tokens += prompt_tokens
         self.abandoned_completion_tokens += completion_tokens
 
-    def add_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """A reply received without an answer in it (e.g. no choices) that still reported usage."""
-        self.add(model, Completion("", "", prompt_tokens, completion_tokens), count_request=False)
-
     def add(self, model: str, completion: Completion, count_request: bool = True) -> None:
         if completion.cached:
             self.cached_requests += 1
             return
-        cost = self.cost_of(completion.prompt_tokens, completion.completion_tokens)
+        cost = self.cost_of(completion.prompt_tokens, completion.completion_tokens) * completion.price_factor
         self.requests += count_request
         self.prompt_tokens += completion.prompt_tokens
         self.completion_tokens += completion.completion_tokens
@@ -192,9 +203,13 @@ class ResponseCache:
                              "abandoned_prompt_tokens": 0, "abandoned_completion_tokens": 0})
 
     def put(self, key: str, completion: Completion) -> None:
-        value = json.dumps({**asdict(completion), "cached": False}, ensure_ascii=False)
+        self.put_many([(key, completion)])
+
+    def put_many(self, items: Sequence[tuple[str, Completion]]) -> None:
+        """One transaction (a Batch API output file: one commit instead of one per answer)."""
+        rows = [(key, json.dumps({**asdict(c), "cached": False}, ensure_ascii=False)) for key, c in items]
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, value))
+            self._db.executemany("INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", rows)
             self._db.commit()
 
     def close(self) -> None:
@@ -213,12 +228,16 @@ class LLMClient:
         self.max_cost_usd = cfg.max_cost_usd
         self.structured_output = cfg.structured_output
         self.schema_style = cfg.schema_style
+        self.cfg = cfg  # the endpoint settings (no secret: the key is read from the environment)
+        self.batch = cfg.batch
         self.ledger = Ledger(cfg.price_input_per_1m, cfg.price_output_per_1m)
         # What this run dir paid in earlier invocations (work logs), so the cap spans resumes.
         self.spent_before_usd = 0.0
         self._cache = cache
         self._reserved_usd = 0.0
         self.max_retries = cfg.max_retries
+        # One limiter per role and client: what it learned from replies carries across run() calls.
+        self.limiter = RateLimiter(cfg.rpm_limit, cfg.tpm_limit)
         # Retries are ours (``_call``), so the openai client makes exactly one attempt per call.
         self._client_kwargs = dict(base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s)
 
@@ -235,17 +254,31 @@ class LLMClient:
         ``<role>.max_cost_usd``: the cap bounds what a run dir costs, not one invocation of it.
         Work-log records carry ``cached``, ``prompt_tokens`` and ``completion_tokens``."""
         paid = [r for r in work_log if not r["cached"]]
-        self.spent_before_usd += self.ledger.cost_of(
-            sum(r["prompt_tokens"] + r.get("abandoned_prompt_tokens", 0) for r in paid),
-            sum(r["completion_tokens"] + r.get("abandoned_completion_tokens", 0) for r in paid))
+        self.spent_before_usd += paid_cost(self.ledger, paid)[1]
 
     # -- running a batch ---------------------------------------------------------------------
 
     def run(self, requests: Sequence[Request], on_result: Callable[[Request, Optional[Completion], str], None],
-            desc: str) -> None:
+            desc: str, batch_log: Optional[Path] = None) -> None:
         """Send ``requests`` with bounded concurrency; call ``on_result(request, completion, error)``
         in this thread as each finishes (completion None and error set for a request the server
-        rejected). Raises SpendCapReached / EndpointError after in-flight requests have landed."""
+        rejected). Raises SpendCapReached / EndpointError after in-flight requests have landed.
+
+        With ``<role>.batch``, through the Batch API instead (alpacare/llm/batch.py); ``batch_log``
+        (a file in the stage's folder) records the submitted batches so that a rerun re-attaches."""
+        if not requests:
+            return
+        if self.batch:
+            from alpacare.llm.batch import BatchRunner
+
+            if batch_log is None:
+                raise EndpointError(f"{self.role}.batch: this stage cannot use the Batch API")
+            BatchRunner(self, batch_log).run(list(requests), on_result, desc)
+            return
+        self.run_live(requests, on_result, desc)
+
+    def run_live(self, requests: Sequence[Request], on_result: Callable[[Request, Optional[Completion], str], None],
+                 desc: str) -> None:
         if requests:
             asyncio.run(self._run(list(requests), on_result, desc))
 
@@ -254,6 +287,7 @@ class LLMClient:
         semaphore = asyncio.Semaphore(self.max_concurrency)
         stop: list[BaseException] = []
         bar = tqdm(total=len(requests), desc=desc, unit="req", dynamic_ncols=True)
+        pace = _Pace()
 
         async def one(request: Request) -> None:
             async with semaphore:
@@ -272,13 +306,19 @@ class LLMClient:
                     self.ledger.failed_requests += 1
                 on_result(request, completion, error)
                 bar.update(1)
-                bar.set_postfix(tokens=self.ledger.completion_tokens, usd=f"{self.ledger.cost_usd:.4f}")
+                # tqdm's own figures are per second and its ETA follows them; requests/min over the
+                # last minute is what rate limits are stated in.
+                bar.set_postfix(req_per_min=f"{pace.tick():.0f}", http_429=self.ledger.failed_attempts.get("429", 0),
+                                tokens=self.ledger.completion_tokens, usd=f"{self.ledger.cost_usd:.4f}", refresh=False)
 
         try:
             await asyncio.gather(*(one(r) for r in requests))
         finally:
             bar.close()
             await client.close()
+            if self.limiter.buckets:
+                log.info("%s: paced at %s; %d replies were 429s", self.role, self.limiter.describe(),
+                         self.ledger.failed_attempts.get("429", 0))
         if stop:
             raise stop[0]
 
@@ -297,9 +337,17 @@ class LLMClient:
         self.ledger.add(self.model, completion)
         return completion
 
+    def worst_case_usd(self, request: Request) -> float:
+        """The most ``request`` can cost at live prices (prompt upper bound + max_tokens)."""
+        return self.ledger.cost_of(_prompt_tokens_upper(request), request.max_tokens)
+
+    @staticmethod
+    def prompt_tokens_typical(request: Request) -> int:
+        return _prompt_tokens_typical(request)
+
     def _reserve(self, request: Request) -> float:
         """Hold the worst-case cost of ``request`` against the cap, or stop before sending it."""
-        worst = self.ledger.cost_of(_prompt_tokens_upper(request), request.max_tokens)
+        worst = self.worst_case_usd(request)
         spent = self.spent_before_usd + self.ledger.cost_usd_possibly_billed
         if self.max_cost_usd is not None and spent + self._reserved_usd + worst > self.max_cost_usd:
             raise SpendCapReached(
@@ -310,7 +358,8 @@ class LLMClient:
         self._reserved_usd += worst
         return worst
 
-    async def _call(self, client: openai.AsyncOpenAI, request: Request) -> Completion:
+    def request_body(self, request: Request) -> dict[str, Any]:
+        """The chat.completions parameters of ``request`` (live call, or a Batch API line's body)."""
         kwargs: dict[str, Any] = dict(
             model=self.model,
             messages=list(request.messages),
@@ -322,12 +371,16 @@ class LLMClient:
             kwargs["presence_penalty"] = request.presence_penalty
         if request.response_format is not None:
             kwargs["response_format"] = request.response_format
+        return kwargs
+
+    async def _call(self, client: openai.AsyncOpenAI, request: Request) -> Completion:
+        kwargs = self.request_body(request)
         abandoned = [0, 0, 0]  # attempts, prompt tokens (upper bound), completion tokens (upper bound)
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             retry_after: Optional[float] = None
             try:
-                response = await client.chat.completions.create(**kwargs)
+                response = await self._send(client, kwargs, request)
             except openai.AuthenticationError:
                 raise EndpointError(f"{self.role} {self.name}: the endpoint refused the API key (HTTP 401)") from None
             except openai.PermissionDeniedError as e:
@@ -358,28 +411,45 @@ class LLMClient:
                     raise EndpointError(f"{self.role} {self.name}: {what} after retries: {_short(e)}") from None
                 retry_after = _retry_after(e.response)
             else:
-                usage = response.usage
-                prompt_tokens = usage.prompt_tokens if usage else 0
-                completion_tokens = usage.completion_tokens if usage else 0
-                if response.choices:
-                    choice = response.choices[0]
-                    return Completion(
-                        text=choice.message.content or "",
-                        finish_reason=choice.finish_reason or "",
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        abandoned_attempts=abandoned[0],
-                        abandoned_prompt_tokens=abandoned[1],
-                        abandoned_completion_tokens=abandoned[2],
-                    )
-                # A 200 without choices (content filters do this): a failed attempt, retried.
-                self.ledger.add_usage(self.model, prompt_tokens, completion_tokens)
+                completion = self.completion_of(response)
+                if completion is not None:
+                    completion.abandoned_attempts, completion.abandoned_prompt_tokens, \
+                        completion.abandoned_completion_tokens = abandoned
+                    return completion
                 self.ledger.attempt_failed("empty choices")
                 if last:
                     raise Unanswered(f"no choices in the reply after {self.max_retries + 1} attempts "
                                      f"(a content filter?)")
             await asyncio.sleep(_backoff(attempt, retry_after))
         raise AssertionError("unreachable")
+
+    def completion_of(self, response: Any, price_factor: float = 1.0) -> Optional[Completion]:
+        """The answer in a chat.completion (live reply or Batch API output line), or None for a
+        reply without choices (content filters send those), whose usage is still booked."""
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        if not response.choices:
+            self.ledger.add(self.model, Completion("", "", prompt_tokens, completion_tokens, price_factor=price_factor),
+                            count_request=False)
+            return None
+        choice = response.choices[0]
+        return Completion(text=choice.message.content or "", finish_reason=choice.finish_reason or "",
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, price_factor=price_factor)
+
+    async def _send(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any], request: Request) -> Any:
+        """One attempt, paced; the limiter sees every reply's headers (a 429's too)."""
+        ticket = await self.limiter.acquire(_prompt_tokens_typical(request) + request.max_tokens)
+        try:
+            raw = await client.chat.completions.with_raw_response.create(**kwargs)
+        except openai.APIStatusError as e:
+            self.limiter.observe(ticket, e.response.headers, admitted=e.status_code != 429)
+            raise
+        except openai.APIConnectionError:
+            self.limiter.release_probe()
+            raise
+        self.limiter.observe(ticket, raw.headers)
+        return raw.parse()
 
     def _abandon(self, request: Request, abandoned: list[int]) -> None:
         prompt, completion = _prompt_tokens_upper(request), request.max_tokens
@@ -408,6 +478,25 @@ class LLMClient:
 
 def _prompt_tokens_upper(request: Request) -> int:
     return int(sum(len(m["content"]) for m in request.messages) * _TOKENS_PER_CHAR_UPPER) + 16
+
+
+def _prompt_tokens_typical(request: Request) -> int:
+    return int(sum(len(m["content"]) for m in request.messages) * _TOKENS_PER_CHAR_TYPICAL) + 4
+
+
+class _Pace:
+    """Requests finished per minute over the last minute (over what there is, at first)."""
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def tick(self) -> float:
+        now = time.monotonic()
+        self._times.append(now)
+        while now - self._times[0] > 60.0:
+            self._times.popleft()
+        span = now - self._times[0]
+        return (len(self._times) - 1) / span * 60.0 if span > 0 else 0.0
 
 
 # Backoff between attempts: 0.5 s doubling to at most 8 s (the openai client's own schedule), with

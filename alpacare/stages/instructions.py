@@ -26,7 +26,7 @@ from typing import Any
 from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.data.seeds import TASK_TYPES, load_seed_tasks, resolve_seed_file, seed_source
 from alpacare.fingerprint import check_settings, file_digest
-from alpacare.llm.client import Completion, Request, endpoint_identity, paid_cost, work_log_usage
+from alpacare.llm.client import BATCH_LOG, Completion, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.report.plots import bar_charts
 from alpacare.prompts.instructions import PROMPT_VERSION, build_messages, parse_tasks, task_batch_schema
 from alpacare.stages import INSTRUCTIONS, StageContext
@@ -93,7 +93,7 @@ def _generate(ctx: StageContext, seeds: list[dict], work: AppendLog) -> None:
         examples = {i: _sample_examples(i, seeds, generated, cfg) for i in todo}
         first_number.update({str(i): len(ex) + 1 for i, ex in examples.items()})
         requests = [_request(i, examples[i], ctx) for i in todo]
-        teacher.run(requests, record, desc=f"instructions ({parsed()}/{cfg.count} tasks)")
+        teacher.run(requests, record, desc=f"instructions ({parsed()}/{cfg.count} tasks)", batch_log=ctx.dir / BATCH_LOG)
 
 
 def _collect(work: AppendLog, count: int) -> tuple[list[dict], list[dict]]:

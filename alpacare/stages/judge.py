@@ -30,7 +30,7 @@ from alpacare.data.eval_sets import EVAL_SETS, REFERENCE_MODELS, check_eval_set,
 from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import AppendLog, read_records, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
-from alpacare.llm.client import Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
+from alpacare.llm.client import BATCH_LOG, Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.report.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
 from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
@@ -215,7 +215,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                              "finish_reason": completion.finish_reason if completion else "error",
                              **work_log_usage(completion)})
 
-            client.run(todo, record, desc="judge")
+            client.run(todo, record, desc="judge", batch_log=ctx.dir / BATCH_LOG)
         replies = {r["hash"]: r for r in work.records}
     current = [replies[h] for h in hashes.values() if h in replies]
     paid = [r for r in current if not r["cached"]]

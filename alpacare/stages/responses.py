@@ -18,7 +18,7 @@ from typing import Any
 from alpacare.data.jsonl import AppendLog, read_jsonl, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import DataError
 from alpacare.fingerprint import check_settings
-from alpacare.llm.client import Completion, Request, endpoint_identity, paid_cost, work_log_usage
+from alpacare.llm.client import BATCH_LOG, Completion, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.prompts.responses import PROMPT_VERSION, build_messages, has_input
 from alpacare.stages import KEPT, TRAIN_SET, StageContext
 
@@ -90,7 +90,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             })
 
         log.info("responses: %d instructions, %d already answered", len(records), len(answered))
-        teacher.run(requests, record, desc="responses")
+        teacher.run(requests, record, desc="responses", batch_log=ctx.dir / BATCH_LOG)
         answers = {a["id"]: a for a in work.records}
 
     examples, failed, truncated = [], [], []
