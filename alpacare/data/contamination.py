@@ -7,12 +7,17 @@ alpacare/evaluation/test_items.py.
 
 Score
 -----
-``containment(item, text) = LCS(item, text) / |item|`` over rouge_score's tokens (lowercased
-``[a-z0-9]+`` runs, ``alpacare.data.rouge.tokenize``): the ROUGE-L recall of the text with the test
-item as the reference, i.e. the share of the item's words that appear, in order, in the text. It is
-1.0 for a verbatim copy, a recased one, one embedded in a longer instruction and one moved into the
-input (instruction and input are scored as one text); each changed word of the item costs 1/|item|.
-A text counts as contaminated when its best score is >= the threshold (``dedup.contamination_threshold``).
+``containment(item, text) = max over windows w of LCS(item, w) / |item|`` over rouge_score's tokens
+(lowercased ``[a-z0-9]+`` runs, ``alpacare.data.rouge.tokenize``), where a window is a stretch of the
+text at most ``window(|item|)`` tokens long (the item plus a quarter plus two): the ROUGE-L recall of
+the best-matching passage of the text, with the test item as the reference, i.e. the share of the
+item's words that appear, in order and close together, in the text. It is 1.0 for a verbatim copy,
+a recased one, one embedded in a longer instruction and one moved into the input (instruction and
+input are scored as one text); each changed word of the item costs 1/|item|. The window keeps a short
+item from matching a long text whose words merely contain the item's as a scattered subsequence.
+A text is contaminated when its best score is *above* the threshold (``dedup.contamination_threshold``;
+above, like ``dedup.threshold``): at 0.8 a 5-word item must be copied whole, a 20-word item with at
+most 3 words changed.
 
 Candidates
 ----------
@@ -74,7 +79,8 @@ class Match:
 @dataclass
 class CheckResult:
     """Every checked text's best score and item (-1: none shares a trigram); ``matches`` holds those
-    at or above the threshold."""
+    above the threshold. A score at or below the threshold is a lower bound (candidates that could
+    not exceed it are not scored), so check with threshold 0 for every exact score."""
 
     threshold: float
     best_score: np.ndarray
@@ -144,9 +150,9 @@ class ContaminationIndex:
 
     def check(self, texts: Sequence[str], threshold: float,
               progress: Optional[Callable[[int], None]] = None) -> CheckResult:
-        """Each text's best containment of a test item; ``matches`` = texts scoring >= ``threshold``."""
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"contamination threshold must be in (0, 1], got {threshold}")
+        """Each text's best containment of a test item; ``matches`` = texts scoring above ``threshold``."""
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"contamination threshold must be in [0, 1), got {threshold}")
         t0 = time.perf_counter()
         n = len(texts)
         best = np.zeros(n, dtype=np.float64)
@@ -167,7 +173,7 @@ class ContaminationIndex:
                              float(threshold), best[lo:hi], best_j[lo:hi], counters)
                 if progress is not None:
                     progress(hi - lo)
-        matches = [Match(int(i), self.items[best_j[i]], float(best[i])) for i in np.flatnonzero(best >= threshold)]
+        matches = [Match(int(i), self.items[best_j[i]], float(best[i])) for i in np.flatnonzero(best > threshold)]
         stats = {"texts": n, "items": len(self.items), "items_too_short": self.skipped_short,
                  "candidate_pairs": int(counters[:, 0].sum()), "lcs_computed": int(counters[:, 1].sum()),
                  "index_seconds": round(self.seconds, 3), "check_seconds": round(time.perf_counter() - t0, 3)}
@@ -244,7 +250,7 @@ def _best_item(i, tok, off, gram_at, q_tok, q_off, post, post_start, threshold, 
         for p in range(a, b):
             used[q_tok[p]] = 0
         bound = overlap / m
-        if bound < threshold or bound < best or (bound == best and j > best_j):
+        if bound <= threshold or bound < best or (bound == best and j > best_j):
             continue
         lcs = _lcs_with_pattern(q_tok, a, b, tok, t0, t1, slot, pm, vbuf)
         n_lcs += 1
@@ -258,9 +264,16 @@ def _best_item(i, tok, off, gram_at, q_tok, q_off, post, post_start, threshold, 
     return best, best_j, n_touched, n_lcs
 
 
+def window(m: int) -> int:
+    """Longest stretch of a text that may hold a copy of an m-token item: the item plus a quarter of
+    its length plus two words of insertions (see the module docstring)."""
+    return m + (m + 3) // 4 + 2
+
+
 @njit(cache=True)
 def _lcs_with_pattern(q_tok, a, b, tok, t0, t1, slot, pm, vbuf):
-    """LCS of item q_tok[a:b] (the bit-parallel pattern) and text tok[t0:t1]."""
+    """Max LCS of item q_tok[a:b] (the bit-parallel pattern) and any window of text tok[t0:t1] that
+    starts at a token of the item and spans at most ``window(m)`` tokens."""
     m = b - a
     n_words = max(1, (m + 63) // 64)
     n_slots = 0
@@ -272,8 +285,19 @@ def _lcs_with_pattern(q_tok, a, b, tok, t0, t1, slot, pm, vbuf):
             n_slots += 1
         k = p - a
         pm[slot[q_tok[p]] * n_words + k // 64] |= np.uint64(1) << np.uint64(k % 64)
+    span = m + (m + 3) // 4 + 2
+    best = 0
     # Unknown text tokens (-1) read slot[-1], the spare entry, which is -1: skipped as absent from the item.
-    lcs = _lcs_bitparallel(pm, slot, m, n_words, vbuf[:n_words], tok, t0, t1)
+    for s in range(t0, t1):
+        if slot[tok[s]] < 0:
+            continue
+        lcs = _lcs_bitparallel(pm, slot, m, n_words, vbuf[:n_words], tok, s, min(t1, s + span))
+        if lcs > best:
+            best = lcs
+            if best == m:
+                break
+        if s + span >= t1:  # later windows are suffixes of this one
+            break
     for p in range(a, b):
         slot[q_tok[p]] = -1
-    return lcs
+    return best

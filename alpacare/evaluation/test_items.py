@@ -14,16 +14,19 @@ always; the others once ``alpacare-fetch`` / ``alpacare-fetch benchmarks`` broug
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional
 
-from alpacare.data.contamination import TestItem
+from alpacare.data.contamination import ContaminationIndex, Match, TestItem
 from alpacare.data.eval_sets import EVAL_SETS, load_items
 from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import read_jsonl
 from alpacare.errors import ConfigError, DataError
 from alpacare.evaluation.benchmarks import tasks_index
 from alpacare.evaluation.benchmarks.data import data_root, verify_files
+from alpacare.prompts.alpaca import has_input
 
 ALL = "all"
 # Fields holding a benchmark row's question, by the dataset its task reads (the fields each lm-eval
@@ -134,8 +137,8 @@ def _rows(path: Path, fields: tuple[str, ...], source: str, prefix: str) -> list
     items = []
     for i, row in enumerate(read_jsonl(path)):
         text = "\n".join(str(row.get(f) or "").strip() for f in fields).strip()
-        if text:
-            items.append(TestItem(source, f"{prefix}{i}", text))
+        if text:  # the row's own id where it has one, else its position in the file
+            items.append(TestItem(source, f"{prefix}{row.get('id', i)}", text))
     return items
 
 
@@ -151,8 +154,8 @@ def _benchmark_items(task: str, cache_dir: Optional[str]) -> list[TestItem]:
     items: list[TestItem] = []
     leaves = tasks_index.leaves(task)
     for leaf in leaves:
-        split, path = _split_file(leaf)
-        prefix = f"{leaf.name}/{split}/" if len(leaves) > 1 else f"{split}/"
+        _, path = _split_file(leaf)
+        prefix = f"{leaf.name}/" if len(leaves) > 1 else ""
         if path.startswith(tasks_index.DATA_PLACEHOLDER + "/"):
             rel = path[len(tasks_index.DATA_PLACEHOLDER) + 1:]
             items += _rows(root / rel, _fields_for(rel), task, prefix)
@@ -172,3 +175,31 @@ def load_all(specs: Iterable[str], cache_dir: Optional[str] = None) -> tuple[lis
         counts[source_name(s)] = len(got)
         items += got
     return items, counts, absent
+
+
+def training_text(record: dict) -> str:
+    """What a training record shows the student of a task: its instruction and its input, as one text."""
+    instruction = str(record.get("instruction") or "")
+    raw_input = record.get("input")
+    return f"{instruction}\n{raw_input}" if has_input(raw_input) else instruction
+
+
+def contamination_of(texts: list[str], specs: Iterable[str], threshold: float,
+                     cache_dir: Optional[str] = None) -> tuple[dict, list[Match]]:
+    """Check ``texts`` against the test items of ``specs`` ([] = no check): (summary for stats.json and
+    the report, the texts that contain an item above ``threshold``)."""
+    specs = list(specs)
+    if not specs:
+        return {"enabled": False, "checked": len(texts), "removed": 0, "rows": []}, []
+    t0 = time.perf_counter()
+    items, counts, absent = load_all(specs, cache_dir)
+    index = ContaminationIndex(items)
+    result = index.check(texts, threshold)
+    by_source = Counter(m.item.source for m in result.matches)
+    summary = {
+        "enabled": True, "sources": specs, "threshold": threshold, "checked": len(texts),
+        "removed": len(result.matches), "not_local": absent, "items_too_short": index.skipped_short,
+        "rows": [{"source": s, "items": n, "removed": by_source.get(s, 0)} for s, n in counts.items()],
+        "seconds": round(time.perf_counter() - t0, 3), "check_seconds": result.stats["check_seconds"],
+    }
+    return summary, result.matches
