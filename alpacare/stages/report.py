@@ -10,6 +10,8 @@ Sections, top to bottom; one is left out when its stage did not run (no ``stats.
 out with a note when its input is unreadable (corrupt stats, a dataset of the wrong shape):
 
 1. Run: the commands run on this dir (stages, overrides) and the key settings of each stage.
+   Contamination: copies of test items dedup removed (or, with ``report.data``, that the file holds
+   against ``dedup.decontaminate``'s sources; written to ``report/contamination.jsonl``).
 2. Data: counts, rejects, dedup kept ratio; tokens and cost per stage and role.
 3. Dataset analysis (alpacare/report/analysis.py) of the generated data or ``report.data``, next to the seeds.
 4. Training: loss curve from ``train/metrics.jsonl``, tokens/s, peak memory, time.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from alpacare import rundir
-from alpacare.data.jsonl import write_bytes_atomic, write_json_atomic
+from alpacare.data.jsonl import read_jsonl, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import DataError
 from alpacare.report.analysis import analyze, load_dataset
 from alpacare.report.html import Block, fmt, note, p, to_html, to_markdown
@@ -39,6 +41,7 @@ from alpacare.report.sections import (
     anchor,
     artifacts_section,
     benchmark_section,
+    contamination_section,
     data_section,
     predictions_section,
     review_section,
@@ -46,7 +49,7 @@ from alpacare.report.sections import (
     training_section,
     win_rates_section,
 )
-from alpacare.stages import INSTRUCTIONS, KEPT, REPORT, REPORT_HTML, STAGE_ORDER, STAGES, STATS_FILE, TRAIN_SET, StageContext
+from alpacare.stages import CONTAMINATED, INSTRUCTIONS, KEPT, REPORT, REPORT_HTML, STAGE_ORDER, STAGES, STATS_FILE, TRAIN_SET, StageContext
 from alpacare.stats_schema import StatsProblem, read_stats
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,10 @@ def check(cfg: Any) -> None:
     """Before any stage runs: an explicit dataset exists and has the Alpaca shape."""
     if cfg.report.data:
         load_dataset(str(cfg.report.data))
+        if cfg.dedup.decontaminate:
+            from alpacare.evaluation.test_items import resolve
+
+            resolve(list(cfg.dedup.decontaminate), cfg.cache_dir)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -77,6 +84,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             sections.append(name)
 
     add("run", run_section(run_dir, ran))
+    add("contamination", contamination_blocks(ctx, stats.get("dedup")))
     for stage, reason in omitted.items():
         blocks.append(note(f"{stage}: section left out, {reason}"))
     add("data", data_section(run_dir, stats))
@@ -167,6 +175,28 @@ def analysis_section(ctx: StageContext, out: Path) -> tuple[list[Block], Optiona
                                               "seed_set": seed.summary if seed else None})
     name = "generated" if not ctx.cfg.report.data else "dataset"
     return analysis_blocks(path, seed_source, data, seed, seeds is not None, name, out), None
+
+
+# -------------------------------------------------------------------------------- Contamination
+
+
+def contamination_blocks(ctx: StageContext, dedup_stats: Optional[dict[str, Any]]) -> list[Block]:
+    """``report.data``: check that file now (same sources and threshold as dedup); else what dedup removed."""
+    if ctx.cfg.report.data:
+        from alpacare.evaluation.test_items import contamination_of, training_text
+
+        records = load_dataset(str(ctx.cfg.report.data))
+        summary, matches = contamination_of([training_text(r) for r in records], list(ctx.cfg.dedup.decontaminate),
+                                            float(ctx.cfg.dedup.contamination_threshold), ctx.cfg.cache_dir)
+        found = [{**records[m.index], "test_source": m.item.source, "test_id": m.item.id, "test_item": m.item.text,
+                  "containment": round(m.score, 6)} for m in matches]
+        write_jsonl_atomic(ctx.dir / "contamination.jsonl", found)
+        return contamination_section(summary, found, f"listed in {ctx.dir / 'contamination.jsonl'}")
+    if not dedup_stats or "contamination" not in dedup_stats:
+        return []
+    path = CONTAMINATED.path(ctx.run_dir)
+    examples = read_jsonl(path) if path.is_file() else []
+    return contamination_section(dedup_stats["contamination"], examples, f"dedup removed them ({path})")
 
 
 # ------------------------------------------------------------------------------------- W&B
