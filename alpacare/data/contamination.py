@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from alpacare.data.rouge import _lcs_bitparallel, tokenize
 
@@ -141,10 +141,15 @@ class ContaminationIndex:
             raise ValueError(f"contamination index: {len(self.vocab)} distinct test-item tokens, more than {_MAX_VOCAB}")
         key, pos = _gram_keys(self.tok, self.off)
         item_of = np.searchsorted(self.off, pos, side="right") - 1
-        pairs = np.unique(np.stack([key, item_of], axis=1), axis=0) if len(key) else np.zeros((0, 2), np.int64)
-        self.gram_keys, first = np.unique(pairs[:, 0], return_index=True)
-        self.post_start = np.append(first, len(pairs)).astype(np.int64)
-        self.post = pairs[:, 1].astype(np.int32)
+        # (trigram, item) pairs sorted and deduplicated: the posting list of each trigram, items ascending.
+        order = np.lexsort((item_of, key))
+        key, item_of = key[order], item_of[order]
+        fresh = np.ones(len(key), dtype=bool)
+        fresh[1:] = (key[1:] != key[:-1]) | (item_of[1:] != item_of[:-1])
+        key, item_of = key[fresh], item_of[fresh]
+        self.gram_keys, first = np.unique(key, return_index=True)
+        self.post_start = np.append(first, len(key)).astype(np.int64)
+        self.post = item_of.astype(np.int32)
         self.seconds = time.perf_counter() - t0
 
     def __len__(self) -> int:
@@ -159,7 +164,7 @@ class ContaminationIndex:
         n = len(texts)
         best = np.zeros(n, dtype=np.float64)
         best_j = np.full(n, -1, dtype=np.int64)
-        counters = np.zeros((_n_threads(), 2), dtype=np.int64)
+        counters = np.zeros(2, dtype=np.int64)
         if self.items:
             for lo in range(0, n, _CHUNK):
                 hi = min(lo + _CHUNK, n)
@@ -177,42 +182,37 @@ class ContaminationIndex:
                     progress(hi - lo)
         matches = [Match(int(i), self.items[best_j[i]], float(best[i])) for i in np.flatnonzero(best > threshold)]
         stats = {"texts": n, "items": len(self.items), "items_too_short": self.skipped_short,
-                 "candidate_pairs": int(counters[:, 0].sum()), "lcs_computed": int(counters[:, 1].sum()),
+                 "candidate_pairs": int(counters[0]), "lcs_computed": int(counters[1]),
                  "index_seconds": round(self.seconds, 3), "check_seconds": round(time.perf_counter() - t0, 3)}
         return CheckResult(float(threshold), best, best_j, matches, stats)
 
 
-def _n_threads() -> int:
-    import numba
-
-    return max(1, int(numba.get_num_threads()))
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _check_chunk(tok, off, gram_at, q_tok, q_off, post, post_start, vocab_size, threshold, best, best_j, counters):
+    """Every text of the chunk against the index. One thread: the check is cheap next to loading the
+    sources (benchmarks/bench_contamination.py), and a parallel kernel would add seconds of numba
+    compilation to every fresh install."""
     n_texts = len(off) - 1
-    n_threads = counters.shape[0]
     n_items = len(q_off) - 1
     max_q = 0
     for j in range(n_items):
         max_q = max(max_q, q_off[j + 1] - q_off[j])
     n_words = max(1, (max_q + 63) // 64)
-    for t in prange(n_threads):
-        stamp = np.full(max(n_items, 1), -1, dtype=np.int64)
-        touched = np.empty(max(n_items, 1), dtype=np.int64)
-        # One spare entry: unknown text tokens (id -1) index the last one, which stays 0 / -1.
-        count = np.zeros(vocab_size + 1, dtype=np.int32)
-        used = np.zeros(vocab_size + 1, dtype=np.int32)
-        slot = np.full(vocab_size + 1, -1, dtype=np.int32)
-        pm = np.zeros((max_q + 1) * n_words, dtype=np.uint64)
-        vbuf = np.zeros(n_words, dtype=np.uint64)
-        for i in range(t, n_texts, n_threads):
-            s, j, n_cand, n_lcs = _best_item(i, tok, off, gram_at, q_tok, q_off, post, post_start, threshold,
-                                             stamp, touched, count, used, slot, pm, vbuf)
-            best[i] = s
-            best_j[i] = j
-            counters[t, 0] += n_cand
-            counters[t, 1] += n_lcs
+    stamp = np.full(max(n_items, 1), -1, dtype=np.int64)
+    touched = np.empty(max(n_items, 1), dtype=np.int64)
+    # One spare entry: unknown text tokens (id -1) index the last one, which stays 0 / -1.
+    count = np.zeros(vocab_size + 1, dtype=np.int32)
+    used = np.zeros(vocab_size + 1, dtype=np.int32)
+    slot = np.full(vocab_size + 1, -1, dtype=np.int32)
+    pm = np.zeros((max_q + 1) * n_words, dtype=np.uint64)
+    vbuf = np.zeros(n_words, dtype=np.uint64)
+    for i in range(n_texts):
+        s, j, n_cand, n_lcs = _best_item(i, tok, off, gram_at, q_tok, q_off, post, post_start, threshold,
+                                         stamp, touched, count, used, slot, pm, vbuf)
+        best[i] = s
+        best_j[i] = j
+        counters[0] += n_cand
+        counters[1] += n_lcs
 
 
 @njit(cache=True)
