@@ -119,7 +119,8 @@ def data_section(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Block]
     if ded:
         rows.append(["dedup", ded.get("records_in", ded.get("total")), ded.get("records_in", ded.get("total")),
                      ded.get("records_out", ded.get("kept")), ded.get("dropped"),
-                     f"kept ratio {fmt(ded.get('kept_ratio'))} at ROUGE-L {fmt(ded.get('threshold'))} ({ded.get('mode')})"])
+                     f"kept ratio {fmt(ded.get('kept_ratio'))} at ROUGE-L {fmt(ded.get('threshold'))} ({ded.get('mode')})"
+                     + (f"; {ded['contaminated']} copies of test items removed" if ded.get("contaminated") else "")])
     if res:
         rows.append(["responses", res.get("records_in", res.get("instructions")), res.get("records_in", res.get("instructions")),
                      res.get("records_out", res.get("answered")), res.get("failed"),
