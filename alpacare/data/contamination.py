@@ -25,9 +25,10 @@ Scoring every text against every item (52k x ~40k with the fetched benchmarks) i
 Only items that share a word trigram with the text are scored. An item whose every trigram holds a
 changed word keeps at most 4 of 5 of its words (one change in the middle of a 5-word item; fewer for
 any other length), so at thresholds >= 0.8 no copy made by changing words is lost; only a copy with
-a word inserted after every second word would be (tests/test_contamination.py checks against brute force). An inverted index maps each trigram (three token ids packed
-into one int64, exact, no hashing) to the items holding it; one pass over a text's trigrams' posting
-lists collects its candidates. Requiring a *contiguous* shared trigram also keeps a short item from
+a word inserted after every second word would be (tests/test_contamination.py checks this against
+brute force). An inverted index maps each trigram (three token ids packed into one int64, exact, no
+hashing) to the items holding it; one pass over a text's trigrams' posting lists collects its
+candidates. Requiring a *contiguous* shared trigram also keeps a short item from
 matching a long text whose words happen to contain the item's as a scattered subsequence.
 For each candidate, the multiset word overlap bounds the LCS from above (``LCS <= overlap``), so the
 bit-parallel LCS (the ROUGE-L kernel of alpacare/data/rouge.py) runs only for candidates whose bound
