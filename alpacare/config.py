@@ -138,6 +138,17 @@ class DedupConfig:
     threshold: float = 0.7
     # Also compare against the seed instructions (self-instruct and Alpaca do).
     against_seeds: bool = True
+    # Test items no training instruction may contain (alpacare/evaluation/test_items.py): "all" = every
+    # free-form test set and benchmark whose data is on this machine (the shipped smoke suite always;
+    # MedInstruct-test, iCliniq, AlpacaFarm, MedQA, MMLU... once fetched), or names (medinstruct, icliniq,
+    # alpaca_eval, alpacare_<task>) and JSON/JSONL files of {instruction, input}. [] turns the check off.
+    # Chosen: neither the release nor the usual tuning frameworks check; a teacher can copy test items.
+    decontaminate: List[str] = field(default_factory=lambda: ["all"])
+    # Removed when more than this share of a test item's words appears, in order and close together, in
+    # the instruction + input (LCS / item length, alpacare/data/contamination.py). 0.8: precision and recall
+    # measured on copies of real test items vs real seed tasks and held-out items by
+    # benchmarks/bench_contamination.py.
+    contamination_threshold: float = 0.8
 
 
 @dataclass
@@ -474,6 +485,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.responses.prompt in ("plain", "paper"), "responses.prompt", f"must be plain or paper, got {cfg.responses.prompt!r}")
     _check(0.0 <= cfg.dedup.threshold <= 1.0, "dedup.threshold", f"must be in [0, 1], got {cfg.dedup.threshold}")
     _check(cfg.dedup.mode in ("greedy", "pairwise"), "dedup.mode", f"must be greedy or pairwise, got {cfg.dedup.mode!r}")
+    _check(0.0 <= cfg.dedup.contamination_threshold < 1.0, "dedup.contamination_threshold",
+           f"must be in [0, 1), got {cfg.dedup.contamination_threshold}")
     for role in ("teacher", "judge"):
         _validate_endpoint(cfg[role], role)
     _check(cfg.tuning.method in ("full", "lora", "qlora"), "tuning.method", f"must be full, lora or qlora, got {cfg.tuning.method!r}")

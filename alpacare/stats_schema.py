@@ -19,7 +19,8 @@ Counts use the same names in every stage that has them:
 
 Stage-specific keys (the stage modules document them): instructions ``tasks_parsed``, ``rejects``,
 ``reject_reasons``, ``types``/``views``/``difficulties``; dedup ``total``/``kept``/``dropped``/
-``kept_ratio``/``threshold``/``mode``/``histogram``; responses ``answered``/``failed``/
+``kept_ratio``/``threshold``/``mode``/``histogram``/``contaminated``/``contamination`` (``rows``: source, items,
+removed); responses ``answered``/``failed``/
 ``truncated_at_max_tokens``; train ``final_loss``, ``tokens_per_s``, ``peak_rss_gb``, ``steps``,
 ``train_seconds`` (per-step metrics in ``train/metrics.jsonl``); predict ``test_sets`` (per set:
 items, mean_new_tokens, new_tokens_per_s...); judge ``win_rates`` rows (test_set, reference,
@@ -49,7 +50,7 @@ class Rows:
     """Headline metrics that live in a list of rows (judge ``win_rates``, benchmark ``table``):
     one metric per row and value key, named ``<row key values joined by />/<value name>``."""
 
-    key: str
+    key: str  # dotted for a nested list ("contamination.rows")
     by: tuple[str, ...]
     values: tuple[tuple[str, str], ...]  # (key in the row, name); name "" = use the row's "metric"
 
@@ -57,7 +58,8 @@ class Rows:
 # stage -> (key in stats.json, display name). Order = column order in alpacare-compare.
 HEADLINE: dict[str, tuple[Union[tuple[KeyPath, str], Rows], ...]] = {
     "instructions": ((("records_out", "tasks_kept"), "tasks"), ("rejects", "rejects"), ("cost_usd", "cost_usd")),
-    "dedup": ((("records_in", "total"), "total"), (("records_out", "kept"), "kept"), ("kept_ratio", "kept_ratio")),
+    "dedup": ((("records_in", "total"), "total"), (("records_out", "kept"), "kept"), ("kept_ratio", "kept_ratio"),
+              ("contaminated", "contaminated"), Rows("contamination.rows", ("source",), (("removed", "contaminated"),))),
     "responses": ((("records_out", "answered"), "answered"), ("failed", "failed"), ("cost_usd", "cost_usd")),
     "train": (("final_loss", "final_loss"), ("tokens_per_s", "tokens_per_s"), ("peak_rss_gb", "peak_rss_gb")),
     "predict": ((("records_out", "items"), "items"),),
@@ -76,6 +78,12 @@ def _get(stats: dict[str, Any], path: KeyPath) -> Any:
     return None
 
 
+def _dig(stats: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        stats = stats.get(key) if isinstance(stats, dict) else None
+    return stats
+
+
 def _number(v: Any) -> Optional[float]:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -87,7 +95,7 @@ def headline(stage: str, stats: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in HEADLINE.get(stage, ()):
         if isinstance(item, Rows):
-            rows = stats.get(item.key)
+            rows = _dig(stats, item.key)
             for row in rows if isinstance(rows, list) else []:
                 if not isinstance(row, dict):
                     continue

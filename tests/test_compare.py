@@ -34,6 +34,9 @@ def test_compare_over_a_real_sweep_gives_one_row_per_job(tmp_path):
     header = list(rows[0])
     assert header[:2] == ["run", "dedup.threshold"]  # the swept parameter first, the constant ones left out
     assert "dedup.input" not in header and header[2] == "dedup/kept_ratio"
+    # Copies of test items removed, in all and per source (none in this file).
+    assert {"dedup/contaminated", "dedup/alpacare_smoke_mcq/contaminated", "dedup/medinstruct/contaminated"} <= set(header)
+    assert {r["dedup/contaminated"] for r in rows} == {"0"}
     for row in rows:
         job = sweep / Path(row["run"]).name
         stats = json.loads((job / "dedup" / "stats.json").read_text())

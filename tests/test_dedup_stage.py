@@ -58,6 +58,9 @@ def test_single_run_writes_all_outputs(tmp_path):
     assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert len(kept) + len(dropped) == stats["total"] == len(RECORDS)
+    # None of these copies a test item (the smoke suite and the test sets are checked by default).
+    assert stats["contaminated"] == 0 and read_jsonl(out / "contaminated.jsonl") == []
+    assert stats["contamination"]["enabled"] and "alpacare_smoke_mcq" in {r["source"] for r in stats["contamination"]["rows"]}
     assert stats["kept"] == len(kept) and stats["dropped"] == len(dropped)
     assert stats["kept_ratio"] == pytest.approx(len(kept) / len(RECORDS))
     assert (stats["threshold"], stats["mode"], stats["against_seeds"]) == (0.7, "greedy", True)
@@ -70,7 +73,8 @@ def test_single_run_writes_all_outputs(tmp_path):
         assert r["rouge_l"] > 0.7 and isinstance(r["nearest_instruction"], str)
         assert {k: r[k] for k in RECORDS[0]} == next(x for x in RECORDS if x["id"] == r["id"])
     # Nothing left behind by the atomic writes.
-    assert sorted(p.name for p in out.iterdir()) == ["dropped.jsonl", "kept.jsonl", "similarity.png", "stats.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["contaminated.jsonl", "dropped.jsonl", "kept.jsonl",
+                                                     "similarity.png", "stats.json"]
 
 
 def test_pairwise_mode_without_seeds_drops_both_members(tmp_path):
@@ -142,3 +146,60 @@ def test_ranks_above_zero_skip_the_data_stages(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (run_dir / "dedup").exists() and not (run_dir / "wandb").exists()
     assert "outputs in" not in proc.stdout
+
+
+def test_copies_of_test_items_are_removed_with_their_source(tmp_path):
+    """A smoke-suite question recased inside a longer instruction, a MedInstruct-test task with a word
+    changed, and an iCliniq patient text moved into the input are removed before the ROUGE-L filter
+    and written to contaminated.jsonl with the item, its source and the score; the rest go on."""
+    from alpacare.data.eval_sets import load_items
+
+    medinstruct = load_items("medinstruct")[1]["instruction"]  # "What are the potential side effects for an asthma..."
+    icliniq = load_items("icliniq")[0]["input"]
+    copies = [
+        {"id": 100, "instruction": "Quiz me: WHICH NERVE IS COMPRESSED IN CARPAL TUNNEL SYNDROME? Explain briefly.", "input": ""},
+        {"id": 101, "instruction": medinstruct.replace("potential", "possible"), "input": "<noinput>"},
+        {"id": 102, "instruction": "Answer the patient below as a doctor.", "input": icliniq},
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS[:5] + copies + RECORDS[5:])
+    run_dir = tmp_path / "run"
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = run_dir / "dedup"
+    removed = {r["id"]: r for r in read_jsonl(out / "contaminated.jsonl")}
+    assert sorted(removed) == [100, 101, 102]
+    assert removed[100]["test_source"] == "alpacare_smoke_mcq" and removed[100]["test_id"] == "smoke-06"
+    assert removed[100]["test_item"] == "Which nerve is compressed in carpal tunnel syndrome?"
+    assert removed[100]["containment"] == 1.0
+    assert removed[101]["test_source"] == "medinstruct" and 0.8 < removed[101]["containment"] < 1.0
+    assert removed[102]["test_source"] == "icliniq" and removed[102]["test_item"] == icliniq
+    assert {k: removed[102][k] for k in copies[2]} == copies[2]  # the record itself passes through
+    kept_ids = {r["id"] for r in read_jsonl(out / "kept.jsonl")} | {r["id"] for r in read_jsonl(out / "dropped.jsonl")}
+    assert kept_ids == {r["id"] for r in RECORDS}
+    stats = json.loads((out / "stats.json").read_text("utf-8"))
+    assert stats["contaminated"] == 3 and stats["total"] == len(RECORDS) + 3
+    assert stats["kept"] + stats["dropped"] + stats["contaminated"] == stats["total"]
+    rows = {r["source"]: r for r in stats["contamination"]["rows"]}
+    assert {s: rows[s]["removed"] for s in ("alpacare_smoke_mcq", "medinstruct", "icliniq")} == \
+        {"alpacare_smoke_mcq": 1, "medinstruct": 1, "icliniq": 1}
+    assert rows["icliniq"]["items"] == 1000 and stats["contamination"]["threshold"] == 0.8
+
+    # [] turns the check off: the copies stay in the data (and go through the ROUGE-L filter).
+    off_dir = tmp_path / "off"
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", "dedup.decontaminate=[]", "logger=none",
+                f"hydra.run.dir={off_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((off_dir / "dedup" / "stats.json").read_text("utf-8"))
+    assert stats["contaminated"] == 0 and not stats["contamination"]["enabled"]
+    assert read_jsonl(off_dir / "dedup" / "contaminated.jsonl") == []
+
+
+def test_unknown_or_absent_contamination_source_fails_before_work(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    for value, message in (("[alpacare_smoke_mcq,not_a_source]", "dedup.decontaminate: unknown source 'not_a_source'"),
+                           ("[alpacare_medqa_4options]", "alpacare_medqa_4options has no local data")):
+        run_dir = tmp_path / value.strip("[]").replace(",", "_")
+        proc = cli(["stages=[dedup]", f"dedup.input={data}", f"dedup.decontaminate={value}", "logger=none",
+                    f"hydra.run.dir={run_dir}"], tmp_path)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (run_dir / "dedup").exists()

@@ -33,6 +33,10 @@ def test_default_pipeline_on_the_embedded_model(tmp_path):
         or "### Response:" in (model_dir / "chat_template.jinja").read_text()
     predictions = [json.loads(line) for line in (run_dir / "predict" / "medinstruct.jsonl").read_text().splitlines()]
     assert len(predictions) == 4 and all(p["generator"] == "run/model" for p in predictions)
+    # The contamination check runs by default, against every local test set and the smoke suite.
+    dedup = json.loads((run_dir / "dedup" / "stats.json").read_text())
+    assert dedup["contamination"]["enabled"] and (run_dir / "dedup" / "contaminated.jsonl").is_file()
+    assert {"medinstruct", "icliniq", "alpaca_eval", "alpacare_smoke_mcq"} <= {r["source"] for r in dedup["contamination"]["rows"]}
     judge = json.loads((run_dir / "judge" / "stats.json").read_text())
     assert judge["weak_judge"] is True
     rows = {r["reference"]: r for r in judge["win_rates"]}
@@ -47,8 +51,8 @@ def test_default_pipeline_on_the_embedded_model(tmp_path):
     # The report comes last, with a section for every stage that ran, and its path is the last line.
     report = json.loads((run_dir / "report" / "stats.json").read_text())
     assert report["stages_reported"] == ["instructions", "dedup", "responses", "train", "predict", "judge", "benchmark"]
-    assert report["sections"] == ["results", "win_rates", "benchmarks", "data", "analysis", "training", "predictions",
-                                  "run", "artifacts"] and report["omitted"] == {}
+    assert report["sections"] == ["results", "contamination", "win_rates", "benchmarks", "data", "analysis", "training",
+                                  "predictions", "run", "artifacts"] and report["omitted"] == {}
     html = (run_dir / "report" / "report.html").read_text()
     assert html.count('<img src="data:image/png;base64,') >= 8
     assert proc.stdout.rstrip().splitlines()[-1] == f"alpacare: report: {run_dir / 'report' / 'report.html'}"

@@ -178,6 +178,8 @@ def _closed_port() -> int:
 BAD_INPUT = {
     "missing seed file": (["instructions.seeds=/nonexistent/seeds.json"], ["/nonexistent/seeds.json"]),
     "threshold out of range": (["dedup.threshold=1.5"], ["dedup.threshold"]),
+    "contamination threshold out of range": (["dedup.contamination_threshold=1.0"], ["dedup.contamination_threshold"]),
+    "unknown contamination source": (["dedup.decontaminate=[all,medqa]"], ["dedup.decontaminate", "'medqa'"]),
     "negative count": (["instructions.count=-5"], ["instructions.count"]),
     "wrong type": (["instructions.count=many"], ["instructions.count"]),
     "unknown option": (["instructions.colour=red"], ["colour"]),

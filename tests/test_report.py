@@ -17,7 +17,7 @@ from tests.test_pipeline import assert_one_line_error
 
 needs_data = pytest.mark.skipif(not RELEASED.is_file(), reason="needs ../shared/alpacare-data")
 
-TITLES = {"results": "Results", "run": "Run", "data": "Data", "analysis": "Dataset analysis", "training": "Training",
+TITLES = {"results": "Results", "run": "Run", "contamination": "Contamination", "data": "Data", "analysis": "Dataset analysis", "training": "Training",
           "predictions": "Predictions", "win_rates": "Win rates", "benchmarks": "Benchmarks",
           "review": "Human review", "artifacts": "Artifacts"}
 
@@ -47,7 +47,7 @@ def test_report_has_exactly_the_sections_of_the_stages_that_ran(tmp_path, openai
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.rstrip().splitlines()[-1] == f"alpacare: report: {run_dir / 'report' / 'report.html'}"
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["results", "data", "analysis", "run", "artifacts"] and stats["omitted"] == {}
+    assert stats["sections"] == ["results", "contamination", "data", "analysis", "run", "artifacts"] and stats["omitted"] == {}
     assert h2s(md) == [TITLES[s] for s in stats["sections"]]
     assert_self_contained(html)
     assert "instructions.count=12" in md and "teacher.api_key" not in md
@@ -76,7 +76,7 @@ def test_report_has_exactly_the_sections_of_the_stages_that_ran(tmp_path, openai
     proc = run_cli(["stages=[report]", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["results", "win_rates", "data", "analysis", "review", "run", "artifacts"]
+    assert stats["sections"] == ["results", "contamination", "win_rates", "data", "analysis", "review", "run", "artifacts"]
     assert stats["stages_reported"] == ["instructions", "dedup", "responses", "judge"]
     assert h2s(md) == [TITLES[s] for s in stats["sections"]]
     judge_stats = json.loads((run_dir / "judge" / "stats.json").read_text())
@@ -125,7 +125,7 @@ def test_any_dataset_alone(tmp_path):
     proc = run_cli(["stages=[report]", f"report.data={seeds}", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats, md, html = report_of(run_dir)
-    assert stats["sections"] == ["analysis", "run", "artifacts"]
+    assert stats["sections"] == ["contamination", "analysis", "run", "artifacts"]
     assert "| records | 167 | 167 |" in md
     assert_self_contained(html)
 
@@ -141,7 +141,9 @@ def test_results_come_first_and_settings_below(tmp_path):
     run_dir = tmp_path / "run"
     _stats(run_dir, "instructions", seconds=12.0, records_out=120, prompt_tokens=1000, completion_tokens=500, cost_usd=0.25)
     _stats(run_dir, "dedup", seconds=2.0, records_in=120, records_out=100, kept_ratio=0.833, threshold=0.7, mode="greedy",
-           contamination={"removed": 3, "by_source": {"medinstruct": 2, "alpacare_smoke_mcq": 1}})
+           contamination={"enabled": True, "removed": 3, "rows": [{"source": "medinstruct", "items": 216, "removed": 2},
+                                                                   {"source": "alpacare_smoke_mcq", "items": 30, "removed": 1},
+                                                                   {"source": "icliniq", "items": 1000, "removed": 0}]})
     _stats(run_dir, "responses", seconds=30.0, records_in=100, records_out=98, prompt_tokens=2000, completion_tokens=4000,
            cost_usd=1.5)
     _stats(run_dir, "train", seconds=60.0, final_loss=1.234, steps=10)
@@ -167,3 +169,40 @@ def test_results_come_first_and_settings_below(tmp_path):
         assert text in first, text
     assert "acc_norm" not in first  # one headline metric per task up top; the full table below
     assert html.index('id="results"') < html.index('id="win-rates"') < html.index('id="run"')
+
+
+@needs_data
+def test_contamination_of_any_dataset(tmp_path):
+    """report.data=FILE: how much of a dataset copies a test item, per source, against dedup's sources."""
+    from alpacare.data.eval_sets import load_items
+
+    records = [
+        {"instruction": "Which organ produces insulin? Answer in one word.", "input": "", "output": "Pancreas."},
+        {"instruction": "Answer.", "input": load_items("medinstruct")[0]["instruction"].upper(), "output": "Malaria."},
+        {"instruction": "Describe the stages of wound healing.", "input": "", "output": "..."},
+    ]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    run_dir = tmp_path / "r"
+    proc = run_cli(["stages=[report]", f"report.data={data}", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats, md, html = report_of(run_dir)
+    assert stats["sections"][:2] == ["contamination", "analysis"]
+    found = [json.loads(line) for line in (run_dir / "report" / "contamination.jsonl").read_text().splitlines()]
+    assert [(r["instruction"], r["test_source"], r["containment"]) for r in found] == [
+        (records[0]["instruction"], "alpacare_smoke_mcq", 1.0), ("Answer.", "medinstruct", 1.0)]
+    assert "2 of 3 training instructions contain a test item" in md
+    assert "| alpacare_smoke_mcq | 30 | 1 |" in md and "| medinstruct | 216 | 1 |" in md and "| icliniq | 1000 | 0 |" in md
+    assert "not checked, no local data: alpacare_medqa_4options" in md
+
+    # Only the named sources, and [] turns it off.
+    proc = run_cli(["stages=[report]", f"report.data={data}", "dedup.decontaminate=[icliniq]", "logger=none",
+                    f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, md, _ = report_of(run_dir)
+    assert "0 of 3 training instructions" in md and "medinstruct" not in md.split("## Contamination")[1].split("##")[0]
+    proc = run_cli(["stages=[report]", f"report.data={data}", "dedup.decontaminate=[]", "logger=none",
+                    f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, md, _ = report_of(run_dir)
+    assert "not checked (dedup.decontaminate=[])" in md

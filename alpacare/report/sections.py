@@ -20,7 +20,8 @@ REVIEW_FILES = {"audit": "review/audit_summary.json", "pairwise": "review/pairwi
 KEY_SETTINGS = {
     "instructions": ("teacher.name", "teacher.model", "instructions.count", "instructions.seeds_per_request",
                      "instructions.tasks_per_request", "instructions.temperature", "instructions.seeds"),
-    "dedup": ("dedup.mode", "dedup.threshold", "dedup.against_seeds", "dedup.input"),
+    "dedup": ("dedup.mode", "dedup.threshold", "dedup.against_seeds", "dedup.decontaminate",
+              "dedup.contamination_threshold", "dedup.input"),
     "responses": ("teacher.name", "teacher.model", "responses.temperature", "responses.max_tokens", "responses.input"),
     "train": ("model.name", "model.path", "tuning.method", "train.epochs", "train.max_steps", "train.lr", "tuning.lr",
               "train.effective_batch_size", "train.max_length", "trainer.accelerator", "trainer.precision", "train.data"),
@@ -107,17 +108,13 @@ def data_count_rows(stats: dict[str, dict[str, Any]]) -> list[list[Any]]:
 
 def contamination_rows(dedup: Optional[dict[str, Any]]) -> list[list[Any]]:
     """Training items removed as copies of test or benchmark items: ``dedup/stats.json`` key
-    ``contamination`` (counts per source, or a dict holding ``by_source``), when the dedup stage
-    checked for it."""
+    ``contamination`` (alpacare/evaluation/test_items.py ``contamination_of``), when dedup checked."""
     found = (dedup or {}).get("contamination")
-    if not isinstance(found, dict):
+    if not isinstance(found, dict) or not found.get("enabled"):
         return []
-    counts = found.get("by_source") if isinstance(found.get("by_source"), dict) else found
-    rows = [[f"contaminated, removed: {source}", fmt(n)] for source, n in counts.items()
-            if isinstance(n, (int, float)) and not isinstance(n, bool)]
-    total = found.get("removed", found.get("total"))
-    if isinstance(total, (int, float)) and not isinstance(total, bool):
-        rows.insert(0, ["contaminated training items removed", fmt(total)])
+    rows = [["contaminated training items removed", fmt(found.get("removed", 0))]]
+    rows += [[f"contaminated, removed: {row['source']}", fmt(row["removed"])]
+             for row in found.get("rows", []) if row.get("removed")]
     return rows
 
 
@@ -162,6 +159,43 @@ def run_section(run_dir: Path, ran: list[str]) -> list[Block]:
     return blocks
 
 
+# -------------------------------------------------------------------------------- Contamination
+
+# Removed (or found) copies shown as examples.
+CONTAMINATION_EXAMPLES = 5
+
+
+def _clip(text: Any, n: int = 160) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def contamination_section(summary: Optional[dict[str, Any]], examples: list[dict[str, Any]], what: str) -> list[Block]:
+    """Training instructions that contain a test item (alpacare/data/contamination.py): per source, how
+    many test items were checked and how many training records copy one, with examples. ``summary``:
+    the ``contamination`` stats of dedup (or of ``report.data``); ``what``: what happened to the copies."""
+    if not summary:
+        return []
+    blocks = [_section("Contamination")]
+    if not summary.get("enabled"):
+        return blocks + [note("not checked (dedup.decontaminate=[])")]
+    blocks.append(p(f"{summary.get('removed')} of {summary.get('checked')} training instructions contain a test item "
+                    f"(more than {fmt(summary.get('threshold'))} of its words, in order, in instruction + input); {what}."))
+    rows = summary.get("rows") or []
+    blocks.append(table(["source", "test items", "contaminated"],
+                        [[r.get("source"), r.get("items"), r.get("removed")] for r in rows],
+                        "copies of test items per source"))
+    if summary.get("not_local"):
+        blocks.append(note("not checked, no local data: " + ", ".join(summary["not_local"])
+                           + " (alpacare-fetch / alpacare-fetch benchmarks)"))
+    if examples:
+        blocks.append(table(["instruction + input", "test item", "source", "score"],
+                            [[_clip(f"{r.get('instruction', '')} {r.get('input', '') or ''}"), _clip(r.get("test_item")),
+                              f"{r.get('test_source')} #{r.get('test_id')}", r.get("containment")]
+                             for r in examples[:CONTAMINATION_EXAMPLES]], "examples", compact=True))
+    return blocks
+
+
 # ----------------------------------------------------------------------------------- 2. Data
 
 
@@ -178,7 +212,8 @@ def data_section(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Block]
     if ded:
         rows.append(["dedup", ded.get("records_in", ded.get("total")), ded.get("records_in", ded.get("total")),
                      ded.get("records_out", ded.get("kept")), ded.get("dropped"),
-                     f"kept ratio {fmt(ded.get('kept_ratio'))} at ROUGE-L {fmt(ded.get('threshold'))} ({ded.get('mode')})"])
+                     f"kept ratio {fmt(ded.get('kept_ratio'))} at ROUGE-L {fmt(ded.get('threshold'))} ({ded.get('mode')})"
+                     + (f"; {ded['contaminated']} copies of test items removed" if ded.get("contaminated") else "")])
     if res:
         rows.append(["responses", res.get("records_in", res.get("instructions")), res.get("records_in", res.get("instructions")),
                      res.get("records_out", res.get("answered")), res.get("failed"),

@@ -51,6 +51,7 @@ class Artifact:
 # Every artifact another stage (or a user) reads, declared once.
 INSTRUCTIONS = Artifact("instructions", "instructions.jsonl")
 KEPT = Artifact("dedup", "kept.jsonl")
+CONTAMINATED = Artifact("dedup", "contaminated.jsonl")
 TRAIN_SET = Artifact("responses", "train.json")
 MODEL = Artifact("train", "model")
 TRAIN_METRICS = Artifact("train", "metrics.jsonl")
@@ -96,7 +97,7 @@ class StageSpec:
 # The pipeline, in order. ``alpacare stages=[...]`` runs a subset, always in this order.
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("instructions", outputs=(INSTRUCTIONS,), endpoints=("teacher",)),
-    StageSpec("dedup", inputs=(Input(INSTRUCTIONS, "dedup.input"),), outputs=(KEPT,)),
+    StageSpec("dedup", inputs=(Input(INSTRUCTIONS, "dedup.input"),), outputs=(KEPT, CONTAMINATED)),
     StageSpec("responses", inputs=(Input(KEPT, "responses.input"),), outputs=(TRAIN_SET,), endpoints=("teacher",)),
     StageSpec("train", inputs=(Input(TRAIN_SET, "train.data"),), outputs=(MODEL,), all_ranks=True),
     StageSpec("predict", inputs=(Input(MODEL, "predict.model", kind="model"),), outputs=(PREDICTIONS,)),

@@ -1,9 +1,15 @@
-"""The ``dedup`` stage: drop near-duplicate instructions by ROUGE-L, as self-instruct and Alpaca do.
+"""The ``dedup`` stage: drop instructions that copy a test item, then near-duplicates by ROUGE-L, as
+self-instruct and Alpaca do.
 
 Input: a JSONL of instruction records (``dedup.input=FILE``, else this run's
 ``instructions/instructions.jsonl``); every record needs a non-empty string ``instruction``
 and keeps all its other fields. Seeds (``dedup.against_seeds``) are the seed tasks the
 instructions stage uses (``instructions.seeds``).
+
+Contamination (``dedup.decontaminate``, default ``[all]``: every test set and benchmark whose data is
+local; ``[]`` turns it off): an instruction whose instruction + input contains a test item (more than
+``dedup.contamination_threshold`` of the item's words in order, alpacare/data/contamination.py) is
+removed first, so it can neither reach training nor knock out a clean near-duplicate.
 
 Modes (``dedup.mode``), both exact with respect to rouge_score (see ``alpacare.data.rouge``):
 - greedy: keep an instruction iff its ROUGE-L F against every seed and every instruction kept
@@ -14,11 +20,15 @@ Modes (``dedup.mode``), both exact with respect to rouge_score (see ``alpacare.d
 Outputs in ``<run>/dedup/``, written only after the input has been fully validated and
 filtered, each atomically, ``stats.json`` last (its presence means the stage completed):
 - ``kept.jsonl``: kept records, unchanged.
+- ``contaminated.jsonl``: removed copies of test items: the record plus ``test_source``, ``test_id``,
+  ``test_item`` (the matched item's text) and ``containment`` (its score).
 - ``dropped.jsonl``: dropped records plus ``nearest_instruction`` (the text that knocked
   each out), ``nearest_is_seed`` and ``rouge_l`` (their score).
 - ``similarity.png``: histogram of every instruction's max ROUGE-L with the threshold drawn,
   as in the self-instruct paper's figure.
-- ``stats.json``: counts, kept ratio, settings, seconds, histogram counts in 0.05 bins.
+- ``stats.json``: counts, kept ratio, settings, seconds, histogram counts in 0.05 bins;
+  ``contaminated`` (removed as copies) and ``contamination`` (sources and their item counts, sources of
+  ``all`` not on this machine, threshold, removed per source, timings).
 """
 
 from __future__ import annotations
@@ -34,13 +44,21 @@ import numpy as np
 from alpacare.data.jsonl import read_jsonl, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
 from alpacare.data.rouge import FilterResult, greedy_filter, pairwise_filter
-from alpacare.stages import INSTRUCTIONS, KEPT, StageContext
+from alpacare.stages import CONTAMINATED, INSTRUCTIONS, KEPT, StageContext
 
 log = logging.getLogger(__name__)
 
 FILTERS = {"greedy": greedy_filter, "pairwise": pairwise_filter}
 BIN_WIDTH = 0.05
 BIN_EDGES = np.linspace(0.0, 1.0, int(round(1 / BIN_WIDTH)) + 1)
+
+
+def check(cfg: Any) -> None:
+    """Before any stage runs: every contamination source is known and, when named, local."""
+    if cfg.dedup.decontaminate:
+        from alpacare.evaluation.test_items import resolve
+
+        resolve(list(cfg.dedup.decontaminate), cfg.cache_dir)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -51,23 +69,42 @@ def run(ctx: StageContext) -> dict[str, Any]:
     path = ctx.input_path(INSTRUCTIONS)
     records = read_jsonl(path)
     instructions = instruction_texts(records, path)
+    contamination, removed = check_contamination(records, list(cfg.decontaminate), float(cfg.contamination_threshold),
+                                                 ctx.cfg.cache_dir)
+    clean = [i for i in range(len(records)) if i not in removed]
     seeds = seed_instructions(ctx) if cfg.against_seeds else []
-    log.info("dedup: %d instructions from %s, %d seeds, %s mode, threshold %s",
-             len(instructions), path, len(seeds), cfg.mode, cfg.threshold)
+    log.info("dedup: %d instructions from %s (%d copies of test items removed), %d seeds, %s mode, threshold %s",
+             len(instructions), path, len(removed), len(seeds), cfg.mode, cfg.threshold)
 
-    result = run_filter(FILTERS[cfg.mode], instructions, float(cfg.threshold), seeds)
+    result = run_filter(FILTERS[cfg.mode], [instructions[i] for i in clean], float(cfg.threshold), seeds)
 
     out = ctx.dir
     stats = build_stats(result, path, bool(cfg.against_seeds), time.perf_counter() - started)
-    write_jsonl_atomic(KEPT.path(ctx.run_dir), (records[i] for i in result.kept))
-    write_jsonl_atomic(out / "dropped.jsonl", dropped_records(records, result))
+    stats.update(total=len(records), records_in=len(records), kept_ratio=round(len(result.kept) / len(records), 6),
+                 contaminated=len(removed), contamination=contamination)
+    write_jsonl_atomic(CONTAMINATED.path(ctx.run_dir), (removed[i] for i in sorted(removed)))
+    write_jsonl_atomic(KEPT.path(ctx.run_dir), (records[clean[i]] for i in result.kept))
+    write_jsonl_atomic(out / "dropped.jsonl", dropped_records([records[i] for i in clean], result))
     plot = plot_similarity(out / "similarity.png", result)
     ctx.write_stats(stats)
 
     ctx.tracker.log({f"dedup/{k}": v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    ctx.tracker.log({f"dedup/contaminated/{row['source']}": row["removed"] for row in contamination.get("rows", [])})
     ctx.tracker.histogram("dedup/max_similarity", result.max_similarity, BIN_EDGES)
     ctx.tracker.image("dedup/similarity", plot)
-    return {k: stats[k] for k in ("total", "kept", "dropped", "kept_ratio", "threshold", "mode")}
+    return {k: stats[k] for k in ("total", "contaminated", "kept", "dropped", "kept_ratio", "threshold", "mode")}
+
+
+def check_contamination(records: list[dict[str, Any]], sources: list[str], threshold: float,
+                        cache_dir: Any) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(the ``contamination`` stats, {record index: record + its match}) for the records that copy a
+    test item of ``sources`` ([] = no check)."""
+    from alpacare.evaluation.test_items import contamination_of, training_text
+
+    summary, matches = contamination_of([training_text(r) for r in records], sources, threshold, cache_dir)
+    removed = {m.index: {**records[m.index], "test_source": m.item.source, "test_id": m.item.id,
+                         "test_item": m.item.text, "containment": round(m.score, 6)} for m in matches}
+    return summary, removed
 
 
 def instruction_texts(records: list[dict[str, Any]], path: Path) -> list[str]:
@@ -127,12 +164,13 @@ def histogram(values: np.ndarray) -> list[int]:
 def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: float) -> dict[str, Any]:
     total = len(result.max_similarity)
     kept = len(result.kept)
+    # total/records_in/kept_ratio count the contaminated records too: run() updates them.
     return {
         "input": str(path),
         "total": total,
         "kept": kept,
         "dropped": total - kept,
-        "kept_ratio": round(kept / total, 6),
+        "kept_ratio": round(kept / total, 6) if total else 0.0,
         "records_in": total, "records_out": kept,
         "threshold": result.threshold,
         "mode": result.mode,
@@ -141,7 +179,7 @@ def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: 
         "seconds": round(seconds, 3),
         "filter_seconds": result.stats.get("seconds"),
         "lcs_computed": result.stats.get("lcs_computed"),
-        "mean_max_similarity": round(float(np.mean(result.max_similarity)), 6),
+        "mean_max_similarity": round(float(np.mean(result.max_similarity)), 6) if total else 0.0,
         "histogram": {
             "bin_width": BIN_WIDTH,
             "edges": [round(float(e), 2) for e in BIN_EDGES],

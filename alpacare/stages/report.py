@@ -11,15 +11,17 @@ out with a note when its input is unreadable (corrupt stats, a dataset of the wr
 
 1. Results: the numbers a reader came for (win rates with SE and LC, benchmark scores, data counts,
    contamination removed, cost, time; alpacare/report/sections.py ``results_section``).
-2. Win rates: test sets x references, with SE, n and the length-controlled value, and the bar chart.
-3. Benchmarks: lm-eval table and chart.
-4. Data: counts, rejects, dedup kept ratio; tokens and cost per stage and role.
-5. Dataset analysis (alpacare/report/analysis.py) of the generated data or ``report.data``, next to the seeds.
-6. Training: loss curve from ``train/metrics.jsonl``, tokens/s, peak memory, time.
-7. Predictions: items and speed per test set.
-8. Human review: ``alpacare-review`` summaries, when imported with ``--run-dir``.
-9. Run: the commands run on this dir (stages, overrides) and the key settings of each stage.
-10. Artifacts: where each stage's files lie.
+2. Contamination: copies of test items dedup removed (or, with ``report.data``, that the file holds
+   against ``dedup.decontaminate``'s sources; written to ``report/contamination.jsonl``).
+3. Win rates: test sets x references, with SE, n and the length-controlled value, and the bar chart.
+4. Benchmarks: lm-eval table and chart.
+5. Data: counts, rejects, dedup kept ratio; tokens and cost per stage and role.
+6. Dataset analysis (alpacare/report/analysis.py) of the generated data or ``report.data``, next to the seeds.
+7. Training: loss curve from ``train/metrics.jsonl``, tokens/s, peak memory, time.
+8. Predictions: items and speed per test set.
+9. Human review: ``alpacare-review`` summaries, when imported with ``--run-dir``.
+10. Run: the commands run on this dir (stages, overrides) and the key settings of each stage.
+11. Artifacts: where each stage's files lie.
 
 Also written: ``report/analysis.json`` (the dataset analysis numbers), the charts as PNGs, and
 ``stats.json`` (sections present, sections omitted with why). W&B: every table and chart.
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from alpacare import rundir
-from alpacare.data.jsonl import write_bytes_atomic, write_json_atomic
+from alpacare.data.jsonl import read_jsonl, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from alpacare.errors import DataError
 from alpacare.report.analysis import analyze, load_dataset
 from alpacare.report.html import Block, fmt, note, p, to_html, to_markdown
@@ -41,6 +43,7 @@ from alpacare.report.sections import (
     anchor,
     artifacts_section,
     benchmark_section,
+    contamination_section,
     data_section,
     predictions_section,
     results_section,
@@ -49,7 +52,7 @@ from alpacare.report.sections import (
     training_section,
     win_rates_section,
 )
-from alpacare.stages import INSTRUCTIONS, KEPT, REPORT, REPORT_HTML, STAGE_ORDER, STAGES, STATS_FILE, TRAIN_SET, StageContext
+from alpacare.stages import CONTAMINATED, INSTRUCTIONS, KEPT, REPORT, REPORT_HTML, STAGE_ORDER, STAGES, STATS_FILE, TRAIN_SET, StageContext
 from alpacare.stats_schema import StatsProblem, read_stats
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,10 @@ def check(cfg: Any) -> None:
     """Before any stage runs: an explicit dataset exists and has the Alpaca shape."""
     if cfg.report.data:
         load_dataset(str(cfg.report.data))
+        if cfg.dedup.decontaminate:
+            from alpacare.evaluation.test_items import resolve
+
+            resolve(list(cfg.dedup.decontaminate), cfg.cache_dir)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -81,6 +88,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # Results first (the numbers a reader came for), the detail behind them, the settings last.
     add("results", results_section(run_dir, stats))
+    add("contamination", contamination_blocks(ctx, stats.get("dedup")))
     for stage, reason in omitted.items():
         blocks.append(note(f"{stage}: section left out, {reason}"))
     add("win_rates", win_rates_section(run_dir, stats.get("judge"), out))
@@ -172,6 +180,28 @@ def analysis_section(ctx: StageContext, out: Path) -> tuple[list[Block], Optiona
                                               "seed_set": seed.summary if seed else None})
     name = "generated" if not ctx.cfg.report.data else "dataset"
     return analysis_blocks(path, seed_source, data, seed, seeds is not None, name, out), None
+
+
+# -------------------------------------------------------------------------------- Contamination
+
+
+def contamination_blocks(ctx: StageContext, dedup_stats: Optional[dict[str, Any]]) -> list[Block]:
+    """``report.data``: check that file now (same sources and threshold as dedup); else what dedup removed."""
+    if ctx.cfg.report.data:
+        from alpacare.evaluation.test_items import contamination_of, training_text
+
+        records = load_dataset(str(ctx.cfg.report.data))
+        summary, matches = contamination_of([training_text(r) for r in records], list(ctx.cfg.dedup.decontaminate),
+                                            float(ctx.cfg.dedup.contamination_threshold), ctx.cfg.cache_dir)
+        found = [{**records[m.index], "test_source": m.item.source, "test_id": m.item.id, "test_item": m.item.text,
+                  "containment": round(m.score, 6)} for m in matches]
+        write_jsonl_atomic(ctx.dir / "contamination.jsonl", found)
+        return contamination_section(summary, found, f"listed in {ctx.dir / 'contamination.jsonl'}")
+    if not dedup_stats or "contamination" not in dedup_stats:
+        return []
+    path = CONTAMINATED.path(ctx.run_dir)
+    examples = read_jsonl(path) if path.is_file() else []
+    return contamination_section(dedup_stats["contamination"], examples, f"dedup removed them ({path})")
 
 
 # ------------------------------------------------------------------------------------- W&B
