@@ -48,9 +48,7 @@ QUESTION_FIELDS: dict[str, tuple[str, ...]] = {
 
 def shipped_tasks() -> list[str]:
     """Benchmark tasks whose data ships with the package (the smoke suite)."""
-    leaves = [name for name, e in tasks_index.index().items() if not e.is_group and not tasks_index.data_needs(name)]
-    native = [n for n, t in tasks_index.NATIVE.items() if t.dataset is None]
-    return sorted(set(leaves) | set(native))
+    return sorted(name for name, e in tasks_index.index().items() if not e.is_group and not tasks_index.data_needs(name))
 
 
 def all_sources() -> list[str]:
@@ -145,12 +143,6 @@ def _rows(path: Path, fields: tuple[str, ...], source: str, prefix: str) -> list
 def _benchmark_items(task: str, cache_dir: Optional[str]) -> list[TestItem]:
     root = data_root(cache_dir)
     verify_files(root, tasks_index.data_needs(task), task)
-    if task in tasks_index.NATIVE:
-        t = tasks_index.NATIVE[task]
-        if t.dataset is None:
-            return _rows(tasks_index.shipped_file(t), _fields_for(t.shipped_file), task, "")
-        rel = f"{t.dataset[0]}/{t.dataset[1]}/{t.split}.jsonl"
-        return _rows(root / rel, _fields_for(rel), task, "")
     items: list[TestItem] = []
     leaves = tasks_index.leaves(task)
     for leaf in leaves:
