@@ -193,6 +193,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "resumed_from": resume_from,
         "records_in": len(records),
+        # How many processes trained (tokens and tokens_per_s above count all of them).
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "devices_per_node": trainer.num_devices,
     }
     state_dict = full_state_dict(trainer, model)
     if trainer.is_global_zero:
