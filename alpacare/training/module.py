@@ -160,10 +160,12 @@ class InstructionTuner(L.LightningModule):
         }
 
     def _by_rank(self, state: torch.Tensor) -> list[torch.Tensor]:
-        if self.trainer.world_size == 1:
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
             return [state]
-        gathered = self.all_gather(state.to(self.device))  # NCCL gathers GPU tensors only
-        return [t.cpu() for t in gathered]
+        # Pickled objects, byte for byte (a uint8 state through a tensor all-gather came back invalid).
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
 
     def _keeps_trainable_only(self) -> bool:
         # Sharded strategies (FSDP, DeepSpeed) save and load their own complete state.
