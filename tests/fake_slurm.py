@@ -140,17 +140,27 @@ def _run_one(job_id: int, idx, script: Path, params: dict[str, str]) -> None:
 
 
 def _end(proc: subprocess.Popen) -> None:
-    """SIGTERM to the job's processes, SIGKILL after KillWait (3 s here)."""
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
+    """As slurmctld ends a job: SIGTERM to every process of the job, SIGKILL to whatever is left after
+    KillWait (3 s here), whether or not the batch shell itself has exited. It acts a moment after the
+    request, as the real one does after ``scontrol requeue`` has returned."""
+    time.sleep(1.0)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            break
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)  # anyone left in the job's process group?
+            except ProcessLookupError:
+                break
+            proc.poll()
+            time.sleep(0.1)
+        else:
             continue
+        break
+    proc.wait()
 
 
 def _expand(pattern: str, job_id: int, idx, task: int) -> str:
