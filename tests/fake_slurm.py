@@ -255,6 +255,9 @@ def scancel(args: list[str]) -> int:
 
 
 def scontrol(args: list[str]) -> int:
+    # An RPC to the controller: the real command returns before the job it requeues is signalled, so
+    # it leaves the job's process group rather than die with it.
+    os.setsid()
     if args[:1] != ["requeue"]:
         print(f"fake scontrol: only 'requeue' is implemented, got {args}", file=sys.stderr)
         return 1

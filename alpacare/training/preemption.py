@@ -100,6 +100,9 @@ class PreemptionCheckpoint(L.Callback):
 
     def _hand_over(self, rank_zero: bool) -> None:
         previous = self._restore()
+        # The requeue ends the job with SIGTERM: from here on it must not reach Lightning's handler,
+        # which broadcasts to ranks that may already be gone (an error instead of a clean exit).
+        signal.signal(signal.SIGTERM, lambda signum, frame: log.info("train: SIGTERM after the checkpoint: exiting"))
         if callable(previous):
             # submitit's handler: on rank 0 it requeues and exits; on the others it returns.
             previous(self.signum, None)
