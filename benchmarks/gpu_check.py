@@ -278,10 +278,10 @@ def run_fsdp(args, model_dir: Path, data: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    run_dir = Path(args.work) / "fsdp_run"
+    run_dir = Path(tempfile.mkdtemp(dir=args.work, prefix="fsdp_"))  # fresh: no resume from an older run
     stats = run_stage("train", [
         f"model.path={model_dir}", "tuning=full", f"train.data={data}", f"cache_dir={args.work}/cache",
-        "trainer=fsdp", "trainer.devices=1", "+trainer.strategy.state_dict_type=full", "train.max_length=512",
+        "trainer=fsdp", "trainer.devices=1", "trainer.strategy.state_dict_type=full", "train.max_length=512",
         "train.micro_batch_size=4", "train.effective_batch_size=4", "train.max_steps=3", "train.lr=1e-4",
         "trainer.enable_progress_bar=false"], run_dir)
     saved = AutoModelForCausalLM.from_pretrained(run_dir / "train" / "model", dtype=torch.float32).state_dict()
@@ -299,12 +299,12 @@ def run_fsdp(args, model_dir: Path, data: Path) -> dict:
 
 
 def run_predict(args, backend: str, model_dir: Path, prompts: Path) -> dict:
-    run_dir = Path(args.work) / f"predict_{backend}"
+    run_dir = Path(tempfile.mkdtemp(dir=args.work, prefix=f"predict_{backend}_"))  # fresh: no resumed work log
     stats = run_stage("predict", [f"predict.model={model_dir}", f"predict.test_sets=[{prompts}]", "predict.limit=null",
                                   f"predict.backend={backend}", "predict.max_new_tokens=128", "predict.batch_size=64",
                                   "predict.dtype=bfloat16", f"cache_dir={args.work}/cache"], run_dir)
-    answers = [json.loads(line) for line in next((run_dir / "predict").glob("*.jsonl")).read_text().splitlines()
-               if line.strip() and ".log." not in line]
+    out = next(p for p in (run_dir / "predict").glob("*.jsonl") if not p.name.endswith(".log.jsonl"))
+    answers = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     rate = next(iter(stats["test_sets"].values()))["new_tokens_per_s"]
     return {"new_tokens_per_s": rate, "outputs": [a["output"] for a in sorted(answers, key=lambda a: a["index"])]}
 
@@ -312,7 +312,7 @@ def run_predict(args, backend: str, model_dir: Path, prompts: Path) -> dict:
 def run_benchmark(args, backend: str, model_dir: Path) -> dict:
     stats = run_stage("benchmark", [f"benchmark.model={model_dir}", "benchmark=smoke", f"benchmark.backend={backend}",
                                     "benchmark.dtype=bfloat16", f"cache_dir={args.work}/cache"],
-                      Path(args.work) / f"benchmark_{backend}")
+                      Path(tempfile.mkdtemp(dir=args.work, prefix=f"benchmark_{backend}_")))
     return {"table": {f"{r['task']}/{r['metric']}": r["value"] for r in stats["table"]}}
 
 
@@ -333,7 +333,7 @@ def one(args) -> dict:
         return run_ours(args, "qlora", big, data)
     if args.one == "hf-lora":
         return run_hf(args, big, data)
-    small = random_model_dir(work / "llama1b", LLAMA_1B, tok, device)
+    small = big if args.smoke else random_model_dir(work / "llama1b", LLAMA_1B, tok, device)
     if args.one == "fsdp":
         return run_fsdp(args, small, data)
     prompts = work / "prompts.jsonl"

@@ -74,7 +74,6 @@ DEDUP = [{"instruction": "Explain what myasthenia gravis is and how it is treate
          {"instruction": "List three warning signs of a stroke."}]
 
 
-@pytest.mark.slow
 def test_sweep_through_submitit_local(tmp_path):
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in DEDUP))
@@ -91,7 +90,7 @@ def test_sweep_through_submitit_local(tmp_path):
 # task of the job at step 2 of the first attempt (SLURM_RESTART_COUNT is set once requeued).
 _SIGNAL_AT_STEP_2 = '''
 import os, subprocess
-if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and not os.environ.get("SLURM_RESTART_COUNT"):
+if os.environ.get("SLURM_JOB_ID") and not os.environ.get("SLURM_RESTART_COUNT"):
     import alpacare.training.module as _m
 
     def _time_limit(self, outputs, batch, batch_idx):
@@ -137,9 +136,56 @@ def test_slurm_job_with_two_tasks_trains_two_ranks_and_resumes_after_requeue(tmp
     assert [(j["state"], j["restarts"]) for j in jobs] == [("COMPLETED", 1)]  # requeued once, then done
     assert "checkpointed step 3" in logs and "Requeued job" in logs
 
-    run_dir = next(sweep.glob("*/train")).parent
+    _assert_resumed_two_rank_run(next(sweep.glob("*/train")).parent, single)
+
+
+def _assert_resumed_two_rank_run(run_dir: Path, single: Path) -> None:
     stats = read_stats(run_dir)
     assert (stats["world_size"], stats["devices_per_node"], stats["steps"]) == (2, 2, 5)
     assert stats["resumed_from"].endswith("last.ckpt")
     _assert_same_weights(single / "train" / "model", run_dir / "train" / "model")
-    assert _weights(run_dir / "train" / "model")
+
+
+def _wait_until_done(slurm_dir: Path, timeout: float = 900) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = [json.loads(p.read_text()) for p in (slurm_dir / "jobs").glob("*.json")]
+        if (jobs and all(j["state"] not in ("PENDING", "RUNNING") for j in jobs)) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_own_sbatch_script_with_srun_checkpoints_requeues_and_resumes(tmp_path, cache_dir, tiny_model_dir):
+    """The README's job script of your own (no submitit): the train stage runs scontrol requeue itself."""
+    data = write_records(tmp_path / "d.json", NINE * 2)
+    args = [*COMMON, "tuning=full", "train.save_every_n_steps=100"]
+    single = tmp_path / "single"
+    run_train(train_cfg(data, cache_dir, *args, model_dir=tiny_model_dir), single)
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGNAL_AT_STEP_2)
+    run_dir = tmp_path / "run"
+    overrides = " ".join(["stages=[train]", f"train.data={data}", f"model.path={tiny_model_dir}", f"cache_dir={cache_dir}",
+                          *args, "logger=none", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "trainer.precision=32-true", f"hydra.run.dir={run_dir}"])
+    script = tmp_path / "train.sbatch"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --job-name=alpacare-train
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --signal=USR2@120
+#SBATCH --output={tmp_path}/slurm-%j.out
+srun {sys.executable} -m alpacare {overrides}
+""")
+    slurm = tmp_path / "slurm"
+    env = cli_env(tmp_path, PATH=f"{install(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_DIR=str(slurm),
+                  PYTHONPATH=os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    submitted = subprocess.run(["sbatch", str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0 and "Submitted batch job" in submitted.stdout, submitted.stderr
+    jobs = _wait_until_done(slurm)
+    log = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("slurm-*.out"))
+    assert [(j["state"], j["restarts"]) for j in jobs] == [("COMPLETED", 1)], log[-5000:]
+    assert "checkpointed step 3" in log and "requeued SLURM job" in log
+    _assert_resumed_two_rank_run(run_dir, single)
