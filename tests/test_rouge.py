@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from alpacare import rouge
+from alpacare.data import rouge
 from alpacare.data.rouge import greedy_filter, pairwise_filter, rouge_l, tokenize
 
 REPO = Path(__file__).resolve().parents[1]
