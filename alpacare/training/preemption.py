@@ -118,6 +118,11 @@ class PreemptionCheckpoint(L.Callback):
         return previous if previous not in (signal.SIG_DFL, signal.SIG_IGN) else None
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            # Signalled during the last step: the model dir may not be written before the limit, so
+            # checkpoint the final step and requeue; the rerun trains no more and writes it.
+            trainer.save_checkpoint(self.path)
+            self._hand_over(trainer.is_global_zero)
         self._restore()  # a signal from now on (model dir being written) goes to its owner again
 
     def on_exception(self, trainer, pl_module, exception) -> None:
