@@ -172,8 +172,10 @@ def _exit_with_one_line(prefix: str, message: str, code: int) -> None:
     sys.exit(code)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_app(cfg: DictConfig) -> None:
+def run_job(cfg: DictConfig) -> None:
+    """Hydra's task function, once per job. Sweeps on the submitit launchers (hydra/launcher=slurm,
+    submitit_local) pickle it into the job: it is a plain module-level function, pickled by
+    reference, so nothing of this module's state travels (tests/test_slurm.py runs both)."""
     try:
         run_stages(cfg)
     except AlpacareError as e:
@@ -181,6 +183,9 @@ def _hydra_app(cfg: DictConfig) -> None:
             raise
         # Exit here, inside the job: Hydra would otherwise add its own "Error executing job" line.
         _exit_with_one_line("error", str(e), e.exit_code)
+
+
+_hydra_app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(run_job)
 
 
 def _wants_traceback() -> bool:

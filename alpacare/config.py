@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, ListConfig, OmegaConf
 
 from alpacare.errors import ConfigError
 
@@ -464,6 +464,29 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="alpacare_schema", node=Config)
+    # conf/hydra/launcher/slurm.yaml: SLURM tasks and GPUs per node follow trainer.devices.
+    OmegaConf.register_new_resolver("alpacare.devices_per_node", devices_per_node, replace=True)
+    OmegaConf.register_new_resolver("alpacare.gpus_per_node", gpus_per_node, replace=True)
+
+
+def devices_per_node(devices: Any) -> int:
+    """``trainer.devices`` as a count: SLURM's tasks per node, one per device, as Lightning needs
+    (with fewer tasks, Lightning would start the other ranks itself by re-running the job's command,
+    which under submitit is submitit's own script)."""
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"hydra/launcher=slurm: trainer.devices={devices}: SLURM needs a count of devices per "
+                          "node; set trainer.devices=N")
+    return int(text)
+
+
+def gpus_per_node(devices: Any, accelerator: str) -> Optional[int]:
+    """GPUs to reserve per node: one per device, none for CPU training."""
+    return None if str(accelerator) == "cpu" else devices_per_node(devices)
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -22,7 +22,8 @@ Stage-specific keys (the stage modules document them): instructions ``tasks_pars
 ``kept_ratio``/``threshold``/``mode``/``histogram``/``contaminated``/``contamination`` (``rows``: source, items,
 removed); responses ``answered``/``failed``/
 ``truncated_at_max_tokens``; train ``final_loss``, ``tokens_per_s``, ``peak_rss_gb``, ``steps``,
-``train_seconds`` (per-step metrics in ``train/metrics.jsonl``); predict ``test_sets`` (per set:
+``train_seconds``, ``world_size``/``num_nodes``/``devices_per_node`` (per-step metrics in
+``train/metrics.jsonl``); predict ``test_sets`` (per set:
 items, mean_new_tokens, new_tokens_per_s...); judge ``win_rates`` rows (test_set, reference,
 win_rate, se, n, lc_win_rate, lc_se, ...); benchmark ``table`` rows (task, metric, value, stderr,
 n, shots); report ``sections``, ``omitted``.

@@ -251,12 +251,51 @@ def test_sampler_resumes_mid_epoch_at_the_same_batch():
     assert _epoch(resumed, 3) == _epoch(ResumableBatchSampler(lengths, 4, seed=3), 3)  # only once
 
 
-def test_sampler_shards_ranks_evenly_and_disjointly():
-    lengths = _lengths(n=203)
-    shards = [_epoch(ResumableBatchSampler(lengths, 4, seed=0, rank=r, world_size=2), 0) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == len(ResumableBatchSampler(lengths, 4, world_size=2)) == 25
-    seen = [i for shard in shards for b in shard for row in b for i in row]
-    assert len(seen) == len(set(seen)) == 200  # the incomplete last global batch is dropped
+def _steps_by_rank(lengths, micro, world, accumulate, **kw):
+    """Every rank's epoch regrouped by optimizer step: [step] -> rows of all ranks (placeholders apart)."""
+    samplers = [ResumableBatchSampler(lengths, micro, seed=5, rank=r, world_size=world, accumulate=accumulate,
+                                      learned=lengths, **kw) for r in range(world)]
+    epochs = [_epoch(s, 0) for s in samplers]
+    assert len({len(e) for e in epochs}) == 1 and len(epochs[0]) == len(samplers[0])  # same count on every rank
+    full_steps = len(samplers[0].rows) // (micro * world * accumulate)
+    steps: dict[int, list] = {}
+    for k in range(len(epochs[0])):
+        rows = [row for e in epochs for row in e[k]]
+        assert len({row.step_tokens for row in rows}) == 1  # every micro-batch of a step knows its total
+        steps.setdefault(min(k // accumulate, full_steps), []).extend(tuple(r) for r in rows if not r.masked)
+    return list(steps.values())
+
+
+@pytest.mark.parametrize("n", [203, 8, 5, 1])
+@pytest.mark.parametrize("packed", [False, True])
+def test_ranks_cover_every_example_once_and_steps_do_not_depend_on_the_world_size(n, packed):
+    """Issue 17: the ranks' shards cover the set once per epoch, and an optimizer step trains on the
+    same rows whether 1, 2 or 4 processes share it (micro x world x accumulation = 8 rows)."""
+    lengths = [x // 4 for x in _lengths(n=n)] if packed else _lengths(n=n)
+    kw = {"pack_to": 1024} if packed else {}
+    reference = None
+    for micro, world, accumulate in [(2, 1, 4), (2, 2, 2), (1, 4, 2), (2, 4, 1), (4, 2, 1), (8, 1, 1)]:
+        steps = _steps_by_rank(lengths, micro, world, accumulate, **kw)
+        assert sorted(i for step in steps for row in step for i in row) == list(range(n)), (micro, world, accumulate)
+        as_sets = [sorted(step) for step in steps]
+        reference = reference or as_sets
+        assert as_sets == reference, (micro, world, accumulate)
+
+
+def test_a_rank_without_rows_in_the_last_step_computes_a_placeholder_that_counts_zero():
+    from alpacare.training.data import Example
+
+    lengths = _lengths(n=9)  # 8 rows per step: the last step has 1 row for 4 ranks
+    samplers = [ResumableBatchSampler(lengths, 1, seed=0, rank=r, world_size=4, accumulate=2, learned=lengths)
+                for r in range(4)]
+    last = [_epoch(s, 0)[-1] for s in samplers]
+    assert [row.masked for b in last for row in b] == [False, True, True, True]
+    assert {row.step_tokens for b in last for row in b} == {lengths[last[0][0][0]]}
+    examples = [Example(torch.arange(1, lengths[i] % 50 + 3), 1) for i in range(9)]
+    placeholder = collate_rows([ExampleRows(examples)[last[1][0]]], pad_token_id=0)
+    real = collate_rows([ExampleRows(examples)[last[0][0]]], pad_token_id=0)
+    assert placeholder["masked"] and placeholder["num_tokens"] == placeholder["num_examples"] == 0
+    assert "masked" not in real and real["num_tokens"] > 0
 
 
 def test_example_rows_dataset_returns_row_examples(tokenizer):

@@ -10,7 +10,8 @@ The recipe, top to bottom in ``run``:
    (transformers' schedulers, as in the Alpaca/AlpaCare HF Trainer), and resumable batches;
 4. build the Lightning Trainer from ``cfg.trainer`` with ``hydra.utils.instantiate`` plus what this
    stage owns: steps, gradient accumulation to the effective batch, FSDP wrapping of the decoder
-   layer class, checkpoints, W&B, throughput;
+   layer class, checkpoints, W&B, throughput, and in a SLURM job the checkpoint-then-requeue on
+   the time-limit/preemption signal (alpacare/training/preemption.py);
 5. fit, continuing from ``train/checkpoints/last.ckpt`` when ``train.resume=auto``;
 6. write the Hugging Face model dir (safetensors + tokenizer + model card) and ``stats.json``,
    each atomically.
@@ -18,8 +19,8 @@ The recipe, top to bottom in ``run``:
 Resume: Lightning's checkpoint restores the weights (only the trainable ones for LoRA/QLoRA), the
 optimizer and LR scheduler states, the loop counters (global step, epoch, batch index), and the
 position of the dataloader, which is resumable (``ResumableDataLoader.state_dict``: epoch and
-micro-batches handed out; the sampler skips those on resume). The stage adds the torch RNG state
-(LoRA dropout) and the settings that decide the result (data, base model, tuning method and LoRA
+micro-batches handed out; the sampler skips those on resume). The stage adds every rank's torch RNG
+state (LoRA dropout) and the settings that decide the result (data, base model, tuning method and LoRA
 settings, learning rate and schedule, batch sizes, max length, precision: ``settings``); resuming
 under other settings is one clear error naming what changed. A run killed with kill -9 and resumed therefore sees
 the same batches, in the same order, with the same schedule and dropout masks, and ends at the
@@ -49,6 +50,7 @@ from alpacare.training.data import data_fingerprint, load_alpaca_records, tokeni
 from alpacare.training.export import full_state_dict, model_card
 from alpacare.training.metrics_log import MetricsFile
 from alpacare.training.module import InstructionTuner, ThroughputStats
+from alpacare.training.preemption import PreemptionCheckpoint, in_slurm_job
 from alpacare.training.trainer import (
     build_logger,
     build_trainer,
@@ -133,7 +135,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     throughput = ThroughputStats()
     logger = build_logger(ctx.tracker.run)
     accumulate = gradient_accumulation(cfg.train, world_size)
-    trainer = build_trainer(cfg, model, root_dir=ctx.dir, accumulate=accumulate, callbacks=[checkpoints, throughput, MetricsFile(TRAIN_METRICS.path(ctx.run_dir))], logger=logger)
+    callbacks = [checkpoints, throughput, MetricsFile(TRAIN_METRICS.path(ctx.run_dir))]
+    if in_slurm_job():  # time limit or preemption: checkpoint at the step's end, then requeue (preemption.py)
+        callbacks.append(PreemptionCheckpoint(checkpoint_dir / "last.ckpt"))
+    trainer = build_trainer(cfg, model, root_dir=ctx.dir, accumulate=accumulate, callbacks=callbacks, logger=logger)
     if trainer.world_size != world_size:
         raise ConfigError(f"trainer.devices={cfg.trainer.devices}: expected {world_size} processes, Lightning started {trainer.world_size}")
 
@@ -193,6 +198,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "resumed_from": resume_from,
         "records_in": len(records),
+        # How many processes trained (tokens and tokens_per_s above count all of them).
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "devices_per_node": trainer.num_devices,
     }
     state_dict = full_state_dict(trainer, model)
     if trainer.is_global_zero:

@@ -7,8 +7,9 @@
    than ``max_length`` are cut on the right and counted; one whose prompt alone fills
    ``max_length``, or whose output is empty, has nothing to learn and is dropped and counted.
 3. ``ResumableBatchSampler``: which examples form each micro-batch. Shuffled per epoch from the
-   seed; optionally grouped by length (little padding) or packed (no padding); sharded over ranks;
-   and stateful: ``ResumableDataLoader`` exposes its position as ``state_dict``, which Lightning
+   seed; optionally grouped by length (little padding) or packed (no padding); sharded over ranks
+   so that each optimizer step trains on the same rows whatever the number of ranks, and every
+   example once per epoch; and stateful: ``ResumableDataLoader`` exposes its position as ``state_dict``, which Lightning
    saves in every checkpoint and restores on resume, so a resumed run continues at the same batch.
 4. ``collate_rows``: tensors for the model. A sampler "row" is one example (padded batch) or
    several examples packed into one sequence. Packed rows get position ids that restart at 0 for
@@ -159,12 +160,18 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
 
 
 class ResumableBatchSampler(Sampler):
-    """Yields micro-batches as lists of rows (tuples of example indices) for one rank.
+    """Yields this rank's micro-batches, as lists of rows (tuples of example indices).
+
+    An epoch is a list of optimizer steps, each a set of rows, that depends on the seed, the epoch
+    and the effective batch only, never on how many ranks share it: one process accumulating 4
+    micro-batches and 4 processes with one each train on the same rows at every step, and every row
+    is trained on exactly once per epoch (the last step is smaller when the rows do not divide).
 
     Each epoch shuffles the rows with ``seed + epoch``. With ``group_by_length``, rows are sorted by
-    length within random megabatches of 50 global batches (HF Trainer's LengthGroupedSampler), so
-    a batch pads little while the batch order stays random. A global batch (one micro-batch per
-    rank) is cut from consecutive rows, so all ranks get similar lengths at the same step.
+    length within random megabatches of 50 optimizer steps (HF Trainer's LengthGroupedSampler sorts
+    within 50 batches), so a step pads little while the order of the steps stays random. A step's
+    rows are dealt to micro-batches in length order, micro-batch ``a`` of every rank from
+    consecutive rows, so all ranks compute similar lengths at the same moment.
     """
 
     MEGABATCH_FACTOR = 50  # HF LengthGroupedSampler's default
@@ -192,6 +199,7 @@ class ResumableBatchSampler(Sampler):
         self.group_by_length = group_by_length
         self.rank = rank
         self.world_size = world_size
+        self.step_rows = batch_size * world_size * accumulate  # rows per optimizer step, all ranks
         self.epoch = 0
         self.batches_done = 0  # micro-batches of this epoch handed out so far
         self._resume: Optional[tuple[int, int]] = None
@@ -211,27 +219,42 @@ class ResumableBatchSampler(Sampler):
         self.resume_at(state["epoch"], state["batches_done"])
 
     def __len__(self) -> int:
-        global_batch = self.batch_size * self.world_size
-        if self.world_size == 1:
-            return math.ceil(len(self.rows) / global_batch)
-        return len(self.rows) // global_batch  # every rank must run the same number of steps
+        """Micro-batches per rank and epoch, the same on every rank."""
+        full, rest = divmod(len(self.rows), self.step_rows)
+        return full * self.accumulate + math.ceil(rest / (self.batch_size * self.world_size))
 
-    def global_batches(self) -> list[list[int]]:
-        """This epoch's global batches, as lists of row ids (all ranks)."""
+    def steps(self) -> list[list[int]]:
+        """This epoch's optimizer steps, as lists of row ids (all ranks), in length order within a
+        step when grouping. The same for every world size with the same effective batch."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.rows), generator=generator).tolist()
-        global_batch = self.batch_size * self.world_size
         if self.group_by_length:
-            mega = global_batch * self.MEGABATCH_FACTOR
+            mega = self.step_rows * self.MEGABATCH_FACTOR
             order = [
                 row
                 for start in range(0, len(order), mega)
                 for row in sorted(order[start : start + mega], key=lambda r: -self.row_lengths[r])
             ]
-        batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)][: len(self)]
+        steps = [order[i : i + self.step_rows] for i in range(0, len(order), self.step_rows)]
         if self.group_by_length:  # sorted megabatches would otherwise run long-to-short in order
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        return batches
+            # A smaller last step stays last: Lightning counts accumulation from the epoch's start.
+            full = len(order) // self.step_rows
+            steps = [steps[i] for i in torch.randperm(full, generator=generator).tolist()] + steps[full:]
+        return steps
+
+    def micro_batches(self, step: list[int]) -> list[list[list[int]]]:
+        """A step's rows dealt to ``[micro-batch][rank]`` slots of at most ``batch_size`` rows, sizes
+        differing by one at most. A full step fills every slot; the epoch's last step uses fewer
+        micro-batches, and a slot left empty (fewer rows than ranks) is an empty list."""
+        per_micro = self.batch_size * self.world_size
+        count = self.accumulate if len(step) == self.step_rows else math.ceil(len(step) / per_micro)
+        slots = count * self.world_size
+        size, extra = divmod(len(step), slots)
+        bounds = [0]
+        for s in range(slots):
+            bounds.append(bounds[-1] + size + (s < extra))
+        return [[step[bounds[a * self.world_size + r] : bounds[a * self.world_size + r + 1]]
+                 for r in range(self.world_size)] for a in range(count)]
 
     def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         skip = 0
@@ -239,39 +262,40 @@ class ResumableBatchSampler(Sampler):
             skip = self._resume[1]
         self._resume = None
         self.batches_done = skip
-        batches = self.global_batches()
-        step_tokens = self.step_tokens(batches)
-        for k in range(skip, len(batches)):
-            mine = batches[k][self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            self.batches_done += 1
-            if step_tokens is None:
-                yield [self.rows[r] for r in mine]
-            else:
-                yield [Row(self.rows[r], step_tokens[k]) for r in mine]
-
-    def step_tokens(self, batches: list[list[int]]) -> Optional[list[int]]:
-        """For each global batch of the epoch, the response tokens of its optimizer step: Lightning
-        steps after every ``accumulate`` micro-batches and after the last one of the epoch."""
-        if self.row_learned is None:
-            return None
-        per_batch = [sum(self.row_learned[r] for r in b) for b in batches]
-        a = self.accumulate
-        return [sum(per_batch[(k // a) * a : (k // a + 1) * a]) for k in range(len(batches))]
+        k = 0
+        for step in self.steps():
+            step_tokens = sum(self.row_learned[r] for r in step) if self.row_learned is not None else None
+            for slots in self.micro_batches(step):
+                k += 1
+                if k <= skip:
+                    continue
+                self.batches_done += 1
+                mine = slots[self.rank]
+                if not mine:  # this rank has no row left in the epoch's last step: it computes a
+                    # placeholder (the step's first row) whose loss counts zero, as DDP needs every rank
+                    yield [Row(self.rows[step[0]], step_tokens, masked=True)]
+                elif step_tokens is None:
+                    yield [self.rows[r] for r in mine]
+                else:
+                    yield [Row(self.rows[r], step_tokens) for r in mine]
 
 
 class Row(tuple):
-    """A row of example indices that also carries its optimizer step's response-token count."""
+    """A row of example indices that also carries its optimizer step's response-token count, and
+    whether it is a placeholder whose loss counts zero (``ResumableBatchSampler``)."""
 
-    def __new__(cls, indices: Sequence[int], step_tokens: int):
+    def __new__(cls, indices: Sequence[int], step_tokens: Optional[int], masked: bool = False):
         row = super().__new__(cls, indices)
         row.step_tokens = step_tokens
+        row.masked = masked
         return row
 
 
 class RowExamples(list):
-    """A row's examples, with the step's response-token count (see ``Row``)."""
+    """A row's examples, with the step's response-token count and the placeholder flag (``Row``)."""
 
     step_tokens: Optional[int] = None
+    masked: bool = False
 
 
 class ResumableDataLoader(DataLoader):
@@ -301,6 +325,7 @@ class ExampleRows(Dataset):
     def __getitem__(self, row: tuple[int, ...]) -> list[Example]:
         examples = RowExamples(self.examples[i] for i in row)
         examples.step_tokens = getattr(row, "step_tokens", None)
+        examples.masked = getattr(row, "masked", False)
         return examples
 
 
@@ -340,6 +365,8 @@ def collate_rows(rows: Sequence[Sequence[Example]], pad_token_id: int) -> dict[s
     step_tokens = getattr(rows[0], "step_tokens", None) if rows else None
     if step_tokens is not None:  # response tokens of this micro-batch's whole optimizer step
         batch["step_tokens"] = step_tokens
+    if rows and getattr(rows[0], "masked", False):  # a placeholder: computed, counted nowhere
+        batch.update(masked=True, num_tokens=0, num_examples=0)
     if any(len(row) > 1 for row in rows):
         batch["position_ids"] = position_ids
     else:

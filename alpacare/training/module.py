@@ -96,6 +96,10 @@ class InstructionTuner(L.LightningModule):
                 position_ids=batch.get("position_ids"),
                 use_cache=False,  # with a KV cache, transformers would ignore packed position ids
             ).loss * learned
+        if batch.get("masked"):
+            # A placeholder (this rank has no row left in the epoch's last step): the full graph
+            # runs, so DDP/FSDP reduce every gradient as on the other ranks, and adds zero to it.
+            return loss_sum * 0.0
         # Logged: this micro-batch's mean token loss (comparable across runs and batchings).
         self.log("train/loss", loss_sum.detach() / max(learned, 1), prog_bar=True, batch_size=batch["num_examples"])
         # Optimized: normalized by the response tokens of the whole optimizer step (sft.step_loss).
@@ -149,7 +153,19 @@ class InstructionTuner(L.LightningModule):
             "settings": self.settings,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            # Each rank's own stream (dropout masks differ by rank; only rank 0 writes the file):
+            # a resumed rank continues its own. Every rank runs this hook, so the gather is safe.
+            "torch_rng_by_rank": self._by_rank(torch.get_rng_state()),
+            "cuda_rng_by_rank": self._by_rank(torch.cuda.get_rng_state()) if torch.cuda.is_available() else None,
         }
+
+    def _by_rank(self, state: torch.Tensor) -> list[torch.Tensor]:
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return [state]
+        # Pickled objects, byte for byte (a uint8 state through a tensor all-gather came back invalid).
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
 
     def _keeps_trainable_only(self) -> bool:
         # Sharded strategies (FSDP, DeepSpeed) save and load their own complete state.
@@ -176,15 +192,24 @@ class InstructionTuner(L.LightningModule):
 
     def on_train_start(self) -> None:
         # Applied here, after Lightning has restored everything and right before the first batch.
-        if self._restored_rng is not None:
-            torch.set_rng_state(self._restored_rng["torch_rng"])
-            if self._restored_rng["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._restored_rng["cuda_rng"])
-            self._restored_rng = None
+        saved, self._restored_rng = self._restored_rng, None
+        if saved is None:
+            return
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        by_rank = saved.get("torch_rng_by_rank")
+        if by_rank is not None and len(by_rank) == world:
+            torch.set_rng_state(by_rank[rank])
+            if saved.get("cuda_rng_by_rank") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(saved["cuda_rng_by_rank"][rank])
+            return
+        torch.set_rng_state(saved["torch_rng"])  # an older checkpoint, or another world size
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
 class ThroughputStats(L.Callback):
-    """Useful (non-pad) tokens per second of training compute, peak memory, run totals."""
+    """Useful (non-pad) tokens per second of training compute, peak memory, run totals. The logged
+    per-step figures are rank 0's; the run totals at the end are those of all ranks together."""
 
     def __init__(self) -> None:
         self.tokens = 0
@@ -217,6 +242,12 @@ class ThroughputStats(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.wall_s = time.perf_counter() - self._fit_start
+        if trainer.world_size > 1:  # run totals over every rank; the slowest rank's compute time
+            def reduce(value, op):
+                return trainer.strategy.reduce(torch.tensor(float(value), dtype=torch.float64, device=pl_module.device), reduce_op=op).item()
+            self.tokens = int(reduce(self.tokens, "sum"))
+            self.examples = int(reduce(self.examples, "sum"))
+            self.busy_s = reduce(self.busy_s, "max")
 
     @property
     def tokens_per_s(self) -> float:

@@ -101,9 +101,13 @@ def build_logger(wandb_run):
 
 
 def build_trainer(cfg: DictConfig, model, *, root_dir: Path, accumulate: int, callbacks: list, logger) -> L.Trainer:
+    from alpacare.training.preemption import slurm_plugins
+
     try:
         return instantiate(
             cfg.trainer,
+            # In a SLURM job: Lightning's SLURM environment with its auto-requeue off (preemption.py).
+            plugins=slurm_plugins() or None,
             strategy=build_strategy(cfg.trainer, model, cfg.model),
             # train.max_steps > 0 overrides the epochs, as max_steps does in the HF Trainer.
             max_epochs=-1 if cfg.train.max_steps > 0 else cfg.train.epochs,
