@@ -26,7 +26,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 # Requests leave us a moment before the server counts them (connections to open, a busy event
 # loop), and a burst sent at once can arrive bunched after the server's full bucket stopped
