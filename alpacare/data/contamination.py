@@ -45,7 +45,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from numba import njit
 
-from alpacare.data.rouge import _lcs_bitparallel, tokenize
+from alpacare.data.rouge import _lcs_bitparallel, _match_masks, tokenize
 
 __all__ = ["TestItem", "Match", "ContaminationIndex", "MIN_ITEM_TOKENS", "NGRAM"]
 
@@ -279,15 +279,7 @@ def _lcs_with_pattern(q_tok, a, b, tok, t0, t1, slot, pm, vbuf):
     starts at a token of the item and spans at most ``window(m)`` tokens."""
     m = b - a
     n_words = max(1, (m + 63) // 64)
-    n_slots = 0
-    for p in range(a, b):
-        if slot[q_tok[p]] < 0:
-            slot[q_tok[p]] = n_slots
-            for w in range(n_words):
-                pm[n_slots * n_words + w] = np.uint64(0)
-            n_slots += 1
-        k = p - a
-        pm[slot[q_tok[p]] * n_words + k // 64] |= np.uint64(1) << np.uint64(k % 64)
+    _match_masks(q_tok, a, b, slot, pm, n_words)
     span = m + (m + 3) // 4 + 2
     best = 0
     # Unknown text tokens (-1) read slot[-1], the spare entry, which is -1: skipped as absent from the item.

@@ -212,6 +212,22 @@ def _popcount(x):
 
 
 @njit(cache=True)
+def _match_masks(q_tok, q0, q1, slot, pm, n_words):
+    """The bit-parallel LCS's match masks of the query q_tok[q0:q1]: each distinct token gets a slot
+    (``slot[token]``, -1 = absent) and ``n_words`` 64-bit words in ``pm`` with bit k set where the
+    query's k-th token is that token. The caller resets ``slot`` for the query's tokens afterwards."""
+    n_slots = 0
+    for p in range(q0, q1):
+        if slot[q_tok[p]] < 0:
+            slot[q_tok[p]] = n_slots
+            for w in range(n_words):
+                pm[n_slots * n_words + w] = np.uint64(0)
+            n_slots += 1
+        k = p - q0
+        pm[slot[q_tok[p]] * n_words + k // 64] |= np.uint64(1) << np.uint64(k % 64)
+
+
+@njit(cache=True)
 def _lcs_bitparallel(pm, slot, m, n_words, vbuf, tok, start, end):
     """LCS length of the query (encoded in pm/slot, m tokens) and tok[start:end] (Hyyro 2004).
 
@@ -346,15 +362,7 @@ def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touche
         bucket[b] += 1
     # 3. Match masks of the query for the bit-parallel LCS.
     n_words = max(1, (m + 63) // 64)
-    n_slots = 0
-    for p in range(q0, q1):
-        if slot[tok[p]] < 0:
-            slot[tok[p]] = n_slots
-            for w in range(n_words):
-                pm[n_slots * n_words + w] = np.uint64(0)
-            n_slots += 1
-        i = p - q0
-        pm[slot[tok[p]] * n_words + i // 64] |= np.uint64(1) << np.uint64(i % 64)
+    _match_masks(tok, q0, q1, slot, pm, n_words)
     # 4. Exact LCS in order of decreasing bound until no bound can beat the best.
     best = 0.0
     best_j = -1

@@ -47,8 +47,13 @@ QUESTION_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def shipped_tasks() -> list[str]:
-    """Benchmark tasks whose data ships with the package (the smoke suite)."""
-    return sorted(name for name, e in tasks_index.index().items() if not e.is_group and not tasks_index.data_needs(name))
+    """Benchmark tasks whose data ships with the package (the smoke suite), one per data file: two
+    prompt variants of one task (alpacare_smoke_meqsum and its Alpaca-template twin) are one source."""
+    tasks: dict[tuple[str, ...], str] = {}
+    for name, e in sorted(tasks_index.index().items()):
+        if not e.is_group and not tasks_index.data_needs(name):
+            tasks.setdefault(tuple(sorted(e.data_files().values())), name)
+    return sorted(tasks.values())
 
 
 def all_sources() -> list[str]:
