@@ -82,7 +82,8 @@ class Tracker:
             tags=list(cfg.logger.tags) + ([cfg.experiment] if cfg.experiment else []),
             config=redact(cfg),
             dir=str(run_dir),
-            reinit="create_new" if _wandb_supports_create_new() else True,
+            # A new run beside any still open (pyproject pins wandb >= 0.19.10, which has create_new).
+            reinit="create_new",
             settings=wandb.Settings(console="off", _disable_stats=True),
         )
 
@@ -121,9 +122,3 @@ class Tracker:
             self.run.finish(exit_code=exit_code)
             self.run = None
 
-
-def _wandb_supports_create_new() -> bool:
-    import wandb
-
-    major, minor = (int(x) for x in wandb.__version__.split(".")[:2])
-    return (major, minor) >= (0, 19)

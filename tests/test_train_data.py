@@ -352,7 +352,9 @@ def test_qlora_without_bitsandbytes_is_a_config_error(monkeypatch):
     "overrides",
     [[], ["experiment=paper_7b"], ["experiment=paper_13b"], ["experiment=smoke"], ["tuning=full"], ["tuning=qlora"],
      ["trainer=gpu"], ["trainer=ddp"], ["trainer=fsdp"], ["trainer=deepspeed"],
-     *[[f"model={m}"] for m in ("llama_7b", "llama_13b", "llama2_7b", "llama2_13b", "llama3_8b")]],
+     ["experiment=llama31_70b_qlora"],
+     *[[f"model={m}"] for m in ("llama_7b", "llama_13b", "llama2_7b", "llama2_13b", "llama3_8b",
+                                "llama32_1b", "llama32_3b", "llama31_8b", "llama31_70b")]],
 )
 def test_presets_compose_and_validate(overrides):
     from alpacare.config import validate
@@ -371,6 +373,26 @@ def test_paper_presets_carry_the_paper_values():
     assert gradient_accumulation(cfg.train, world_size=4) == 8  # Alpaca: 4 GPUs x 4 x 8 = 128
     cfg = compose(["experiment=paper_13b"])
     assert (cfg.train.lr, cfg.train.epochs, cfg.model.path) == (1e-5, 5, "huggyllama/llama-13b")
+
+
+@pytest.mark.parametrize("name", ["llama32_1b", "llama32_3b", "llama31_8b", "llama31_70b"])
+def test_llama3_presets_pad_with_the_reserved_pad_token(name):
+    # Llama 3.x has no pad or unk token: without this, ensure_pad_token would add "[PAD]", a new
+    # embedding row that a LoRA adapter cannot carry (load_model refuses it).
+    cfg = compose([f"model={name}"])
+    assert cfg.model.path.startswith("meta-llama/Llama-3.") and cfg.model.pad_token == "<|finetune_right_pad_id|>"
+
+
+def test_llama31_70b_qlora_plan_fits_one_80gb_gpu():
+    """The preset's settings (QLoRA, checkpointing, micro-batch 1 x 1024) against the memory estimate
+    of benchmarks/memory_plan.py, on the model's real shape built on the meta device."""
+    from benchmarks.memory_plan import plan  # the repo root is on sys.path (tests/ is a package)
+
+    fitted = plan("70B", ["experiment=llama31_70b_qlora"])
+    assert fitted["ckpt"] and 40 < fitted["per_gpu_GB"] < 0.95 * 80, fitted
+    assert 70 < fitted["params_B"] < 72
+    unfit = plan("70B, no checkpointing", ["experiment=llama31_70b_qlora", "train.gradient_checkpointing=false"])
+    assert unfit["per_gpu_GB"] > 0.95 * 80, unfit
 
 
 def test_every_config_file_says_what_it_is():
