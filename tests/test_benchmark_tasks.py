@@ -10,6 +10,7 @@ the 57 subjects; BBH: every one of the 27 subtasks (each is a cheap build).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ DOCS = {
         {"CHQ": "Is ibuprofen safe with a stomach ulcer?", "Summary": "Is ibuprofen safe with an ulcer?", "File": "4.txt"},
         {"CHQ": "MESSAGE: Where can I get a flu shot?", "Summary": "", "File": "5.txt"}],
 }
+DOCS["medmcqa"] = DOCS["openlifescienceai/medmcqa"]  # lm-eval 0.4.12's name for the same hub dataset
 
 
 def _upstream_files() -> dict[str, Path]:
@@ -176,7 +178,12 @@ def test_shipped_yamls_match_what_make_tasks_derives_now(tmp_path, monkeypatch):
         for path in sorted((tmp_path / family).glob("*.yaml")):
             shipped = tasks_index.TASKS_DIR / family / path.name
             assert shipped.is_file(), path.name
-            assert shipped.read_text() == path.read_text(), path.name
+            # The stamp names the lm-eval that derived them; another version may derive the same tasks.
+            assert unstamped(shipped.read_text()) == unstamped(path.read_text()), path.name
+
+
+def unstamped(yaml_text: str) -> str:
+    return re.sub(r"^(# Derived from lm-eval) \S+", r"\1 VERSION", yaml_text, count=1)
 
 
 @pytest.mark.parametrize("task", MEDICAL_AND_GENERAL)
