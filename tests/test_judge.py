@@ -16,6 +16,7 @@ from alpacare.prompts.judge import parse_verdict
 from tests.conftest import SHARED_DATA, run_cli
 from tests.openai_server import OpenAITestServer
 from tests.test_pipeline import assert_one_line_error
+from tests.test_winrates import alpaca_eval_glm, alpaca_eval_lc  # noqa: F401  (a fixture and its helper)
 
 RELEASED = SHARED_DATA / "model_outputs" / "AlpaCare-7b" / "medinstruct" / "seed_0.json"
 needs_data = pytest.mark.skipif(not RELEASED.is_file(), reason="needs ../shared/alpacare-data")
@@ -231,3 +232,41 @@ def test_judge_spend_cap_stops_cleanly_and_keeps_paid_verdicts(tmp_path):
         proc = run_cli([*args[:-2], "judge.max_cost_usd=100"], tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert len(server.state.requests) == N_ITEMS * len(REFERENCES) * 2  # nothing asked twice
+
+
+DAVINCI = SHARED_DATA / "reference_outputs" / "text-davinci-003" / "medsi_output.jsonl"
+
+
+@needs_data
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_lc_win_rate_uses_the_texts_as_given(alpaca_eval_glm, tmp_path, monkeypatch):
+    """The stage's LC win rate on all of MedInstruct-test vs text-davinci-003 equals AlpacaEval's own
+    fit on the stage's verdicts and the raw character lengths (AlpacaEval measures ``len(output)``);
+    text-davinci-003's answers start with whitespace, so stripped lengths give another figure."""
+    model = [r["response"] for r in json.loads(RELEASED.read_text())]
+    reference = [json.loads(line)["output"] for line in DAVINCI.read_text().splitlines()]
+    assert sum(r != r.strip() for r in reference) > len(reference) // 2  # what makes the test bite
+    run_dir = tmp_path / "run"
+    with OpenAITestServer(reply=server_reply) as server:
+        args = [a for a in judge_args(server, run_dir) if not a.startswith(("judge.limit=", "judge.references="))]
+        proc = run_cli([*args, "judge.references=[text-davinci-003]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row, = json.loads((run_dir / "judge" / "stats.json").read_text())["win_rates"]
+    verdicts = [json.loads(line) for line in (run_dir / "judge" / "verdicts.jsonl").read_text().splitlines()]
+    per_item: dict[int, list[float]] = {}
+    for v in verdicts:
+        if v["verdict"] is not None:
+            per_item.setdefault(v["index"], []).append({"model": 1.0, "tie": 0.5, "reference": 0.0}[v["verdict"]])
+    kept = sorted(per_item)
+    assert len(kept) == row["n"] and len(model) == len(reference) == 216
+    # Unjudged items stay in, as NaN: AlpacaEval counts them in the length differences' spread.
+    preference = [sum(per_item[k]) / len(per_item[k]) if k in per_item else float("nan") for k in range(216)]
+
+    def lc(length) -> float:
+        return alpaca_eval_lc(alpaca_eval_glm, tmp_path, monkeypatch, preference,
+                              [length(m) for m in model], [length(r) for r in reference])
+
+    raw, stripped = lc(len), lc(lambda text: len(text.strip()))
+    assert round(raw, 2) != round(stripped, 2)
+    assert row["lc_win_rate"] == pytest.approx(round(raw, 2), abs=1e-9)
+    assert row["reference_len"] == pytest.approx(sum(len(reference[k]) for k in kept) / len(kept), abs=0.01)

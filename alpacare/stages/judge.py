@@ -135,6 +135,9 @@ class Pair:
     item: dict[str, Any]
     model_output: str
     reference_output: str
+    # As written, for the length control: AlpacaEval measures the raw character length.
+    model_raw: str
+    reference_raw: str
 
 
 def _request(pair: Pair, order: str, cfg: Any, response_format: Optional[dict],
@@ -184,10 +187,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 log.warning("judge: %s has no %s reference (it has %s); skipped", test_set, ref,
                             sorted(EVAL_SETS[test_set].references))
                 continue
+            raws = load_reference(test_set, ref, predictions, ctx.cfg.cache_dir, raw=True)
             # The release's judge sees both answers exactly as written; ours, stripped.
-            raw = cfg.prompt == "paper"
-            answers = load_reference(test_set, ref, predictions, ctx.cfg.cache_dir, raw=raw)
-            pairs += [Pair(test_set, ref, p, p["output_raw" if raw else "output"], a) for p, a in zip(predictions, answers)]
+            shown = raws if cfg.prompt == "paper" else [a.strip() for a in raws]
+            pairs += [Pair(test_set, ref, p, p["output_raw" if cfg.prompt == "paper" else "output"], a,
+                           p["output_raw"], r) for p, a, r in zip(predictions, shown, raws)]
 
     judged = [p for p in pairs if p.reference_output.strip()]
     # Requests that share a long prefix go back to back, so a server that keeps the last prompt's KV
@@ -285,7 +289,7 @@ def _score(ctx: StageContext, pairs: list[Pair], requests, hashes, replies) -> t
             verdicts.append({"test_set": p.test_set, "reference": p.reference, "index": p.item["index"],
                              "instruction": p.item["instruction"], "order": order, "verdict": per_rule[strict][order],
                              "raw": reply.get("raw", ""), "error": reply.get("error", "")})
-        items = {rule: ItemVerdicts(v["model_first"], v["reference_first"], len(p.model_output), len(p.reference_output))
+        items = {rule: ItemVerdicts(v["model_first"], v["reference_first"], len(p.model_raw), len(p.reference_raw))
                  for rule, v in per_rule.items()}
         groups.setdefault((p.test_set, p.reference), []).append((p, items))
         if len(samples) < cfg.samples_to_log:
