@@ -73,8 +73,11 @@ class EndpointConfig:
     batch: bool = False
     # Seconds between status checks of a running batch (OpenAI's take minutes to hours).
     batch_poll_s: float = 30.0
-    # Price factor of batch lines in the ledger (OpenAI: 0.5, set by the OpenAI presets).
-    batch_discount: float = 1.0
+    # Price factor of batch lines in the ledger: 0.5, OpenAI's Batch API price ("50% cost discount
+    # compared to synchronous APIs", Batch API guide), which OpenAI-style batch servers copy. It was
+    # 1.0 with only the OpenAI presets setting 0.5, so teacher=openai_compatible booked batch lines
+    # at twice what was billed (issue 20). Set it to a provider's own batch price where it differs.
+    batch_discount: float = 0.5
     # Prompt tokens this model may have enqueued in unfinished batches (OpenAI's per-model queue
     # limit, by usage tier: a batch over it fails with token_limit_exceeded). None = no limit.
     batch_max_enqueued_tokens: Optional[int] = None

@@ -232,3 +232,38 @@ def test_batch_mode_runs_the_data_half_a_round_per_batch(tmp_path):
     train = json.loads((run_dir / "responses" / "train.json").read_text())
     kept = (run_dir / "dedup" / "kept.jsonl").read_text().splitlines()
     assert len(train) == len(kept) > 0
+
+
+def _billed_usd(state, price_in, price_out, discount):
+    """What the loopback server's own output lines bill: their usage x prices x the discount."""
+    total = 0.0
+    for f in state.files.values():
+        if f["filename"] != "output.jsonl":
+            continue
+        for raw in f["data"].decode().splitlines():
+            usage = json.loads(raw)["response"]["body"]["usage"]
+            total += (usage["prompt_tokens"] * price_in + usage["completion_tokens"] * price_out) / 1e6 * discount
+    return total
+
+
+def test_batch_cost_is_the_servers_billed_lines_at_the_discount_and_a_rerun_counts_it_once(tmp_path):
+    # No batch_discount given (as with teacher=openai_compatible): the Batch API's own half price applies.
+    run_dir = tmp_path / "run"
+    args = ["stages=[instructions,dedup,responses]", "instructions.count=24", "instructions.tasks_per_request=4",
+            "dedup.threshold=0.9", "teacher.batch=true", "teacher.batch_poll_s=0.05",
+            "teacher.price_input_per_1m=1", "teacher.price_output_per_1m=10", "logger=none", f"hydra.run.dir={run_dir}"]
+    with OpenAITestServer(batch_run_s=0.1, count_prompt_tokens=True) as server:
+        proc = run_cli([*teacher_args(server), *args], tmp_path, timeout=240)
+        assert proc.returncode == 0, proc.stderr
+        billed = _billed_usd(server.state, 1.0, 10.0, 0.5)
+        first = json.loads((run_dir / "ledgers.json").read_text())["teacher"]
+        assert first["cost_usd"] == pytest.approx(billed, abs=2e-6), (first, billed)
+        rerun = run_cli([*teacher_args(server), *args], tmp_path, timeout=240)
+        assert rerun.returncode == 0, rerun.stderr
+        assert _billed_usd(server.state, 1.0, 10.0, 0.5) == pytest.approx(billed)  # nothing asked again
+    assert billed > 0
+    stats = {s: json.loads((run_dir / s / "stats.json").read_text()) for s in ("instructions", "responses")}
+    assert stats["instructions"]["cost_usd"] + stats["responses"]["cost_usd"] == pytest.approx(billed, abs=2e-6)
+    # ledgers.json is the last command's: the rerun paid nothing, and does not count the first run's spend again
+    ledger = json.loads((run_dir / "ledgers.json").read_text())["teacher"]
+    assert ledger["cost_usd"] == 0 and ledger["requests"] == 0

@@ -206,3 +206,24 @@ def test_contamination_of_any_dataset(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, md, _ = report_of(run_dir)
     assert "not checked (dedup.decontaminate=[])" in md
+
+
+def test_report_alone_on_a_finished_run_starts_no_endpoint_and_finishes(tmp_path):
+    """Issue 20 item 3: ``stages=[report]`` on a run dir must not start the default local llama.cpp
+    teacher/judge (nor ask any endpoint) and finishes well within a bound, W&B offline included."""
+    run_dir = tmp_path / "run"
+    with OpenAITestServer() as server:
+        proc = run_cli([*teacher_args(server), "stages=[instructions,dedup,responses]", "instructions.count=8",
+                        "dedup.threshold=0.9", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    # Default teacher and judge (the local llama.cpp presets), real offline W&B; a hang fails here.
+    log_path = run_dir / "alpacare.log"  # Hydra appends each command's log
+    before = len(log_path.read_text())
+    proc = run_cli(["stages=[report]", f"hydra.run.dir={run_dir}"], tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = log_path.read_text()[before:]
+    assert "stage report: starting" in log  # this command's log...
+    assert "llama.cpp server" not in log + proc.stderr + proc.stdout  # ...shows no endpoint started for the report
+    stats, md, _ = report_of(run_dir)
+    assert stats["stages_reported"] == ["instructions", "dedup", "responses"] and "analysis" in stats["sections"]
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # the report's own run, closed
