@@ -114,3 +114,10 @@ def test_the_default_shape_is_unchanged_against_an_ordinary_server(tmp_path):
         bodies = server.state.requests
     assert proc.returncode == 0, proc.stderr
     assert bodies and all("max_tokens" in b and "temperature" in b and "max_completion_tokens" not in b for b in bodies)
+
+
+def test_an_unknown_budget_field_is_one_line_before_any_stage(tmp_path):
+    proc = run_cli(["teacher=gpt55", "teacher.max_tokens_param=max_output_tokens", "stages=[instructions]",
+                    "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120, OPENAI_API_KEY="sk-test")
+    assert_one_line_error(proc, "teacher.max_tokens_param", "max_completion_tokens")
+    assert not (tmp_path / "run" / "instructions").exists()
