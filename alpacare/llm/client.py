@@ -14,7 +14,9 @@ compares answers): the official ``openai`` AsyncOpenAI against any OpenAI-compat
   connection or body cut): a real API may have completed, and billed, those. Their cost is not
   known; the ledger holds an upper bound (the prompt and ``max_tokens``), and the optional spend
   cap, checked *before* each request against its worst-case cost, counts that cautious figure;
-- a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated.
+- a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated;
+- the request in the fields the endpoint takes (``<role>.max_tokens_param``, ``<role>.sampling_params``);
+  a 400 naming a field it does not take stops the role with one line after one request.
 
 The API key is read from the environment variable named by ``<role>.api_key_env`` and handed
 straight to the client; it is never stored on this object's config, logged, or written.
@@ -290,7 +292,7 @@ class LLMClient:
         pace = _Pace()
 
         async def one(request: Request) -> bool:
-            """Settle ``request``; True when it was answered from the cache."""
+            """Settle ``request``; True when nothing reached the server (a cached answer, or stopping)."""
             async with semaphore:
                 if stop:
                     return True
