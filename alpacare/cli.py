@@ -128,7 +128,7 @@ def _headline_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
 def check_before_running(cfg: DictConfig, run_dir: Path, stages: list[StageSpec]) -> None:
     """What can fail cheaply fails before any slow or paid work: every stage is implemented,
     every input will exist, every endpoint role in use has its API key."""
-    from alpacare.llm.client import api_key
+    from alpacare.llm.client import api_key, warn_if_retired
 
     modules = [_stage_module(spec.name) for spec in stages]
     check_inputs(cfg, run_dir, stages)
@@ -137,6 +137,7 @@ def check_before_running(cfg: DictConfig, run_dir: Path, stages: list[StageSpec]
             module.check(cfg)
     for role in sorted({role for spec in stages for role in spec.endpoints}):
         api_key(cfg[role], role)
+        warn_if_retired(cfg[role], role)
 
 
 def _stage_module(stage: str):

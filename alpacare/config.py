@@ -19,6 +19,10 @@ from omegaconf import MISSING, ListConfig, OmegaConf
 
 from alpacare.errors import ConfigError
 
+# The request fields an endpoint may take the output budget in (EndpointConfig.max_tokens_param).
+MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+
+
 @dataclass
 class EndpointConfig:
     """An OpenAI-compatible chat endpoint. One type for every role: ``teacher=<preset>`` and
@@ -50,6 +54,17 @@ class EndpointConfig:
     # How the server takes a schema: "openai" (response_format json_schema, also vLLM/Ollama) or
     # "llama_cpp" (llama-cpp-python's json_object with an inline schema).
     schema_style: str = "openai"
+    # The request field that carries the output budget: "max_tokens" (the paper's API, gpt-4 /
+    # gpt-3.5-turbo, most OpenAI-compatible servers) or "max_completion_tokens" (OpenAI's reasoning-era
+    # models reject max_tokens with a 400; OpenAI's chat API reference). Set by each preset.
+    max_tokens_param: str = "max_tokens"
+    # Send temperature / top_p / presence_penalty. False for models that accept only their default
+    # sampling (OpenAI's GPT-5 family and Claude Sonnet 5+ answer a non-default value with a 400):
+    # the stage's sampling settings are then not sent, and the model samples its own way.
+    sampling_params: bool = True
+    # Set on a preset whose model the provider has retired: the preset to use instead. The run
+    # warns (saved caches and verdicts still rescore, and a compatible server may still serve it).
+    retired_for: Optional[str] = None
     # Requests in flight at once. The paper does not say; 8 stays well inside OpenAI tier-1 limits.
     max_concurrency: int = 8
     # Retries with exponential backoff on 429, 5xx, timeouts and connection errors (openai client's own).
@@ -550,6 +565,8 @@ def validate(cfg: Any) -> None:
 
 
 def _validate_endpoint(ep: Any, role: str) -> None:
+    _check(ep.max_tokens_param in MAX_TOKENS_PARAMS, f"{role}.max_tokens_param",
+           f"must be max_tokens or max_completion_tokens, got {ep.max_tokens_param!r}")
     _check(ep.schema_style in ("openai", "llama_cpp"), f"{role}.schema_style", "must be openai or llama_cpp")
     _check(ep.max_concurrency >= 1, f"{role}.max_concurrency", "must be >= 1")
     _check(ep.max_retries >= 0, f"{role}.max_retries", "must be >= 0")

@@ -102,6 +102,10 @@ class ServerState:
     batch_enqueued_token_limit: Optional[int] = None
     batch_lines_received: int = 0  # every input line of every batch created
     seed: int = 0
+    # A reasoning-era OpenAI model (gpt-5 family): a request with max_tokens, or a non-default
+    # temperature / top_p, gets the 400 OpenAI sends for it; counted in rejected_params.
+    new_model: bool = False
+    rejected_params: list[str] = field(default_factory=list)
 
 
 OPEN_TYPES = ["Case report", "Translation", "Patient letter"]
@@ -209,7 +213,7 @@ def _admit(state: ServerState, body: dict[str, Any]) -> tuple[bool, dict[str, st
     if not limits:
         return True, {}
     cost = {"requests": 1.0,
-            "tokens": float(sum(len(m["content"]) for m in body["messages"]) // 4 + 4 + (body.get("max_tokens") or 0))}
+            "tokens": float(sum(len(m["content"]) for m in body["messages"]) // 4 + 4 + (body.get("max_tokens") or body.get("max_completion_tokens") or 0))}
     with state.lock:
         now = time.monotonic()
         for kind, (per_minute, burst) in limits.items():
@@ -305,6 +309,11 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append(body)
             failing = len(state.requests) <= state.fail_first
+        if state.new_model and (error := _new_model_error(body)) is not None:
+            with state.lock:
+                state.rejected_params.append(error["param"])
+            self._send(400, {"error": error})
+            return
         if failing and state.fail_kind is None:
             self._send(state.fail_status, {"error": {"message": "injected failure", "type": "server_error"}})
             return
@@ -345,6 +354,20 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.served += 1
         self._send(200, payload, headers=limit_headers)
+
+
+def _new_model_error(body: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """OpenAI's 400 error object for a field a gpt-5-family model does not take (as the API sends it)."""
+    if "max_tokens" in body:
+        return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                           "Use 'max_completion_tokens' instead.",
+                "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}
+    for param in ("temperature", "top_p"):
+        if param in body and body[param] != 1:
+            return {"message": f"Unsupported value: '{param}' does not support {body[param]} with this model. "
+                               "Only the default (1) value is supported.",
+                    "type": "invalid_request_error", "param": param, "code": "unsupported_value"}
+    return None
 
 
 def _completion(state: ServerState, body: dict[str, Any], fault: Optional[str] = None) -> dict[str, Any]:
@@ -477,6 +500,10 @@ def _finish(state: ServerState, b: dict[str, Any], done: float) -> None:
         if state.batch_error_every and (k + 1) % state.batch_error_every == 0:
             err.append({**line, "response": {"status_code": 500, "request_id": f"req_{k}",
                                               "body": {"error": {"message": "The server had an error", "type": "server_error"}}}})
+            continue
+        if state.new_model and (error := _new_model_error(r["body"])) is not None:
+            state.rejected_params.append(error["param"])
+            err.append({**line, "response": {"status_code": 400, "request_id": f"req_{k}", "body": {"error": error}}})
             continue
         payload = _completion(state, r["body"])
         _book(state, "delivered", payload["usage"])

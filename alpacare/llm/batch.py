@@ -111,6 +111,7 @@ class BatchRunner:
         self.tokens = {k: c.prompt_tokens_typical(rs[0]) for k, rs in self.waiting.items()}
         self.worst = {k: c.worst_case_usd(rs[0]) * self.cfg.batch_discount for k, rs in self.waiting.items()}
         self.live: list[str] = []  # keys to retry live (batch_retry=live)
+        self.unsupported: Optional[str] = None  # a request field the endpoint does not take
         self.api = openai.OpenAI(**{**c._client_kwargs, "max_retries": 3})
         with AppendLog(self.log_path) as self.journal:
             self.open = self._reattach()
@@ -307,6 +308,8 @@ class BatchRunner:
                              "time": time.time()})
         del self.open[b.batch_id]
         c._reserved_usd -= b.worst_usd
+        if self.unsupported:
+            raise EndpointError(f"{c.role} {c.name}: {self.unsupported} (rejected lines are not billed)")
 
     def _download(self, file_id: str) -> Iterator[dict[str, Any]]:
         assert self.api is not None
@@ -337,6 +340,9 @@ class BatchRunner:
                 self._deliver(key, completion, "")
             return
         error = (response.get("body") or {}).get("error") or line.get("error") or {}
+        if status == 400 and (problem := c.unsupported_field(error)) is not None:
+            self.unsupported = problem  # every line alike: the stage stops once this batch is closed
+            return
         message = " ".join(str(error.get("message") or error.get("code") or "no reason given").split())[:200]
         self._failed(key, str(status or error.get("code") or "error"), message, status=status)
 

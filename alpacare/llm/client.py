@@ -14,7 +14,9 @@ compares answers): the official ``openai`` AsyncOpenAI against any OpenAI-compat
   connection or body cut): a real API may have completed, and billed, those. Their cost is not
   known; the ledger holds an upper bound (the prompt and ``max_tokens``), and the optional spend
   cap, checked *before* each request against its worst-case cost, counts that cautious figure;
-- a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated.
+- a response cache keyed by the request (sqlite, shared across runs): paid work is never repeated;
+- the request in the fields the endpoint takes (``<role>.max_tokens_param``, ``<role>.sampling_params``);
+  a 400 naming a field it does not take stops the role with one line after one request.
 
 The API key is read from the environment variable named by ``<role>.api_key_env`` and handed
 straight to the client; it is never stored on this object's config, logged, or written.
@@ -289,15 +291,16 @@ class LLMClient:
         bar = tqdm(total=len(requests), desc=desc, unit="req", dynamic_ncols=True)
         pace = _Pace()
 
-        async def one(request: Request) -> None:
+        async def one(request: Request) -> bool:
+            """Settle ``request``; True when nothing reached the server (a cached answer, or stopping)."""
             async with semaphore:
                 if stop:
-                    return
+                    return True
                 try:
                     completion, error = await self._complete(client, request), ""
                 except (SpendCapReached, EndpointError) as e:
                     stop.append(e)
-                    return
+                    return True
                 except openai.BadRequestError as e:
                     completion, error = None, f"rejected by server: {_short(e)}"
                     self.ledger.failed_requests += 1
@@ -310,9 +313,15 @@ class LLMClient:
                 # last minute is what rate limits are stated in.
                 bar.set_postfix(req_per_min=f"{pace.tick():.0f}", http_429=self.ledger.failed_attempts.get("429", 0),
                                 tokens=self.ledger.completion_tokens, usd=f"{self.ledger.cost_usd:.4f}", refresh=False)
+                return bool(completion and completion.cached)
 
         try:
-            await asyncio.gather(*(one(r) for r in requests))
+            # Until one request has reached the server, send them one at a time: a request shape
+            # the endpoint rejects (a field it does not take) then costs one 400, not one per slot.
+            first = 0
+            while first < len(requests) and not stop and await one(requests[first]):
+                first += 1
+            await asyncio.gather(*(one(r) for r in requests[first + 1:]))
         finally:
             bar.close()
             await client.close()
@@ -359,19 +368,22 @@ class LLMClient:
         return worst
 
     def request_body(self, request: Request) -> dict[str, Any]:
-        """The chat.completions parameters of ``request`` (live call, or a Batch API line's body)."""
-        kwargs: dict[str, Any] = dict(
-            model=self.model,
-            messages=list(request.messages),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            max_tokens=request.max_tokens,
-        )
-        if request.presence_penalty:
+        """The chat.completions parameters of ``request`` (live call, or a Batch API line's body),
+        in the fields this endpoint accepts (``<role>.max_tokens_param``, ``<role>.sampling_params``).
+        The paper presets' body keeps its historical key order: saved batch files compare equal."""
+        kwargs: dict[str, Any] = dict(model=self.model, messages=list(request.messages))
+        if self.cfg.sampling_params:
+            kwargs.update(temperature=request.temperature, top_p=request.top_p)
+        kwargs[self.cfg.max_tokens_param] = request.max_tokens
+        if request.presence_penalty and self.cfg.sampling_params:
             kwargs["presence_penalty"] = request.presence_penalty
         if request.response_format is not None:
             kwargs["response_format"] = request.response_format
         return kwargs
+
+    def unsupported_field(self, body: Any) -> Optional[str]:
+        """See the module's ``unsupported_field`` (for the Batch API's error lines)."""
+        return unsupported_field(self.role, body)
 
     async def _call(self, client: openai.AsyncOpenAI, request: Request) -> Completion:
         kwargs = self.request_body(request)
@@ -399,8 +411,11 @@ class LLMClient:
                 if last:
                     raise EndpointError(f"{self.role} {self.name}: cannot reach {self._where()} after retries "
                                         f"({type(e).__name__})") from None
-            except openai.BadRequestError:
+            except openai.BadRequestError as e:
                 self.ledger.attempt_failed("400")
+                # A field this endpoint does not take fails every request alike: stop the stage.
+                if (problem := self.unsupported_field(e.body)) is not None:
+                    raise EndpointError(f"{self.role} {self.name}: {problem}") from None
                 raise
             except openai.APIStatusError as e:
                 self.ledger.attempt_failed(str(e.status_code))
@@ -541,10 +556,46 @@ def api_key(cfg: Any, role: str) -> str:
 
 def endpoint_identity(cfg: Any, base_url: Optional[str]) -> str:
     """What, besides the model name, decides the answers: the GGUF file for the embedded server
-    (whose port changes every run), else the endpoint URL (two servers may serve one model name)."""
-    if cfg.launch_local:
-        return f"gguf:{cfg.gguf or 'embedded'}"
-    return base_url or "openai"
+    (whose port changes every run), else the endpoint URL (two servers may serve one model name);
+    and a request shape other than the paper's (the model's own sampling, or a budget that also
+    covers reasoning tokens answer differently). The paper's shape adds nothing: earlier caches hit."""
+    where = f"gguf:{cfg.gguf or 'embedded'}" if cfg.launch_local else (base_url or "openai")
+    budget, sampling = getattr(cfg, "max_tokens_param", "max_tokens"), getattr(cfg, "sampling_params", True)
+    shape = ([budget] if budget != "max_tokens" else []) + ([] if sampling else ["default-sampling"])
+    return "|".join([where, *shape])
+
+
+# OpenAI's 400 codes for a request field the model does not take, and the setting that drops it.
+_UNSUPPORTED_CODES = ("unsupported_parameter", "unsupported_value")
+_FIELD_SETTINGS = {
+    "max_tokens": "max_tokens_param=max_completion_tokens",
+    "max_completion_tokens": "max_tokens_param=max_tokens",
+    "temperature": "sampling_params=false",
+    "top_p": "sampling_params=false",
+    "presence_penalty": "sampling_params=false",
+}
+
+
+def unsupported_field(role: str, body: Any) -> Optional[str]:
+    """The one-line reason of a 400 that names a request field this endpoint does not take (OpenAI's
+    ``{"error": {"param": ..., "code": "unsupported_parameter" | "unsupported_value"}}``), with the
+    setting that fixes it; None for any other 400 (that request alone failed)."""
+    error = body.get("error", body) if isinstance(body, dict) else None  # the openai client may unwrap it
+    if not isinstance(error, dict) or error.get("code") not in _UNSUPPORTED_CODES:
+        return None
+    param = error.get("param")
+    if param not in _FIELD_SETTINGS:
+        return None
+    message = " ".join(str(error.get("message", "")).split())[:200]
+    return f"the endpoint does not take {param!r} (HTTP 400: {message}); set {role}.{_FIELD_SETTINGS[param]}"
+
+
+def warn_if_retired(cfg: Any, role: str) -> None:
+    """One console line for a preset whose model the provider has retired (not an error: saved
+    caches and verdicts still rescore, and a compatible server may still serve the model)."""
+    if cfg.retired_for:
+        log.warning("%s=%s: %s is retired by its provider; kept for the paper's protocol (caches and saved "
+                    "verdicts still rescore). Current replacement: %s=%s", role, cfg.name, cfg.model, role, cfg.retired_for)
 
 
 @contextlib.contextmanager
