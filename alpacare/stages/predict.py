@@ -27,12 +27,11 @@ from alpacare.fingerprint import check_settings
 from alpacare.evaluation.inference import (
     Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, load_vllm, model_name,
 )
-from alpacare.prompts.alpaca import format_prompt
+from alpacare.prompts.chat import format_task, template_of
 from alpacare.stages import MODEL, PREDICTIONS, StageContext
 
 log = logging.getLogger(__name__)
 
-PROMPT_TEMPLATE = "alpaca"  # alpacare/prompts/alpaca.py, the template training used
 WORK_LOG_SUFFIX = ".log.jsonl"
 
 
@@ -46,12 +45,12 @@ def decoding_of(cfg: Any) -> Decoding:
     return Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p)
 
 
-def settings(source: str, cfg: Any) -> dict[str, Any]:
+def settings(source: str, cfg: Any, template: str = "alpaca") -> dict[str, Any]:
     """What decides the answers. Not the batch size (answers do not depend on it: tests/test_predict.py)
     nor the limit or the test sets (raising or adding them extends finished work)."""
     d = decoding_of(cfg)
     return {"predict.model": source, "predict.backend": cfg.backend, "predict.dtype": cfg.dtype,
-            "prompt_template": PROMPT_TEMPLATE, "predict.max_new_tokens": d.max_new_tokens,
+            "prompt_template": template, "predict.max_new_tokens": d.max_new_tokens,
             "predict.do_sample": d.do_sample, "predict.temperature": d.temperature if d.do_sample else None,
             "predict.top_p": d.top_p if d.do_sample else None, "predict.seed": cfg.seed if d.do_sample else None}
 
@@ -61,7 +60,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source = ctx.model_source(MODEL)
     generator = cfg.name or model_name(source)
     decoding = decoding_of(cfg)
-    check_settings(ctx.dir, settings(source, cfg), stage="predict", allow_changed=cfg.allow_changed_settings,
+    template = template_of(source, cfg.template)  # the model dir's train.template unless overridden
+    check_settings(ctx.dir, settings(source, cfg, template), stage="predict", allow_changed=cfg.allow_changed_settings,
                    has_work=any(p.stat().st_size for p in ctx.dir.glob(f"*{WORK_LOG_SUFFIX}")))
     loaded: list[Any] = []
 
@@ -72,8 +72,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
             if cfg.backend == "vllm":
                 loaded.append(load_vllm(source, dtype=cfg.dtype, merged_dir=ctx.dir / "vllm_merged_model", seed=cfg.seed))
             else:
-                loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device))
+                loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device,
+                                                 template=template))
         return loaded[0]
+
+    def prompt_of(item: dict[str, Any]) -> str:
+        """The training prompt; ``chat`` needs the model's tokenizer (the engine's)."""
+        if template == "alpaca":
+            return format_task(template, None, item["instruction"], item["input"])
+        e = engine()
+        tokenizer = e.tokenizer if isinstance(e, InferenceModel) else e.get_tokenizer()
+        return format_task(template, tokenizer, item["instruction"], item["input"])
 
     per_set: dict[str, dict[str, Any]] = {}
     for spec in cfg.test_sets:
@@ -81,7 +90,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         items = load_items(str(spec), ctx.cfg.cache_dir)
         if cfg.limit is not None:
             items = items[: cfg.limit]
-        prompts = [format_prompt(it["instruction"], it["input"]) for it in items]
+        prompts = [prompt_of(it) for it in items]
         started = time.perf_counter()
         with AppendLog(ctx.dir / f"{name}{WORK_LOG_SUFFIX}") as work:
             done = {r["index"] for r in work.records}
@@ -113,7 +122,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "items": sum(s["items"] for s in per_set.values()),
         "generated": sum(s["generated"] for s in per_set.values()),
         "records_in": sum(s["items"] for s in per_set.values()), "records_out": sum(s["items"] for s in per_set.values()),
-        "settings": {"template": PROMPT_TEMPLATE, "backend": cfg.backend, "batch_size": cfg.batch_size,
+        "settings": {"template": template, "backend": cfg.backend, "batch_size": cfg.batch_size,
                      "limit": cfg.limit, "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
                      **decoding.__dict__},
     }
@@ -135,7 +144,8 @@ def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], w
 
     try:
         if cfg.backend == "vllm":
-            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed))
+            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed,
+                                                           template=template_of(ctx.model_source(MODEL), cfg.template)))
         else:
             generate(engine(), prompts, decoding_of(cfg), batch_size=cfg.batch_size, on_batch=record, seed=cfg.seed)
     finally:
