@@ -122,3 +122,29 @@ def test_chat_without_a_chat_template_stops_before_training(tmp_path, tiny_model
         run_train(train_cfg(write_records(tmp_path / "d.json"), cache_dir, "train.template=chat", model_dir=model),
                   tmp_path / "run")
     assert not (tmp_path / "run" / "train" / "model").exists()
+
+
+def test_lm_eval_contexts_use_the_chat_template_the_model_dir_records(tmp_path, tiny_model_dir):
+    """A model dir recording ``chat`` gets lm-eval's apply_chat_template (the request's context is the
+    rendered conversation); one recording nothing keeps lm-eval's plain context."""
+    pytest.importorskip("lm_eval")
+    from alpacare.evaluation.benchmarks import runner, tasks_index
+    from alpacare.stages.benchmark import build_lm
+    from tests.test_benchmark_user_tasks import user_tasks
+    from tests.test_train_support import compose
+
+    chat_model = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_dir, chat_model)
+    (chat_model / "prompt_template.json").write_text(json.dumps({"template": "chat"}))
+    user = user_tasks(tmp_path / "u")
+    task_dir = tasks_index.prepare_task_dir(tmp_path / "tasks", tmp_path / "data", {})
+    cfg = compose(["benchmark.device=cpu", "benchmark.batch_size=1"]).benchmark
+    contexts = {}
+    for model in (chat_model, tiny_model_dir):
+        lm, im = build_lm(cfg, str(model), tmp_path / "merged")
+        results = runner.run_lm_eval(lm, ["my_task"], task_dir, str(user), limit=1, seed=1234, log_samples=True,
+                                     num_fewshot=0, template=im.template)
+        contexts[im.template] = results["samples"]["my_task"][0]["arguments"][0][0]
+    assert contexts["chat"].startswith("<|im_start|>system\n") and "<|im_start|>user\nQ: Which organ" in contexts["chat"]
+    assert contexts["chat"].endswith("<|im_start|>assistant\n")
+    assert contexts["alpaca"].startswith("Q: Which organ")
