@@ -148,3 +148,16 @@ def test_lm_eval_contexts_use_the_chat_template_the_model_dir_records(tmp_path, 
     assert contexts["chat"].startswith("<|im_start|>system\n") and "<|im_start|>user\nQ: Which organ" in contexts["chat"]
     assert contexts["chat"].endswith("<|im_start|>assistant\n")
     assert contexts["alpaca"].startswith("Q: Which organ")
+
+
+def test_datasets_dir_trains_and_a_template_change_is_refused_on_resume(tmp_path, tiny_model_dir, cache_dir):
+    """train.data may be a datasets directory; the template is part of the training fingerprint; a
+    merged LoRA model keeps the template record."""
+    paths = _save_formats(tmp_path)
+    run_dir = tmp_path / "run"
+    run_train(train_cfg(paths["datasets"], cache_dir, "train.template=chat", "train.max_steps=1", "tuning=lora",
+                        "tuning.merge_adapter=true", model_dir=tiny_model_dir), run_dir)
+    merged = json.loads((run_dir / "train" / "model_merged" / "prompt_template.json").read_text())
+    assert merged["template"] == "chat"
+    with pytest.raises(ConfigError, match=r"other settings \(train.template: chat -> None\)"):
+        run_train(train_cfg(paths["datasets"], cache_dir, "train.max_steps=1", "tuning=lora", model_dir=tiny_model_dir), run_dir)

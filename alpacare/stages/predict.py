@@ -2,7 +2,8 @@
 
 Input: ``predict.model`` (a model dir, adapter dir or Hugging Face id), by default this run's
 ``train/model``. Test sets by name (MedInstruct-test, iCliniq, AlpacaFarm; alpacare/data/eval_sets.py)
-or as files. Prompts are the Alpaca template the model was trained with; decoding is greedy unless
+or as files. Prompts are in the template the model was trained with (``prompt_template.json`` in its
+dir, else Alpaca; ``predict.template`` overrides; alpacare/prompts/chat.py); decoding is greedy unless
 ``predict.do_sample=true``, and only the generated tokens are decoded (alpacare/evaluation/inference.py).
 
 Resume: every finished batch is appended to ``predict/<test_set>.log.jsonl``; a run killed at any

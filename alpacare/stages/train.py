@@ -2,8 +2,10 @@
 
 The recipe, top to bottom in ``run``:
 
-1. read the Alpaca JSON (responses stage's ``train.json`` or ``train.data=FILE``) and tokenize it
-   with the Alpaca template: loss on response tokens only, EOS appended, a pad token distinct
+1. read the training data (responses stage's Alpaca ``train.json``, or ``train.data``: Alpaca, OpenAI
+   messages, ShareGPT, parquet or a datasets dir) and tokenize it with ``train.template`` (Alpaca,
+   or the tokenizer's chat template; alpacare/prompts/chat.py): loss on response tokens only,
+   EOS (chat: the end-of-turn token) appended, a pad token distinct
    from EOS, examples longer than ``train.max_length`` truncated and counted (alpacare/training/data.py);
 2. load the student: full weights, LoRA, or QLoRA (4-bit NF4 base + LoRA) (alpacare/training/models.py);
 3. wrap it in ``InstructionTuner``, a LightningModule: the loss, AdamW with warmup + cosine decay
@@ -13,7 +15,8 @@ The recipe, top to bottom in ``run``:
    layer class, checkpoints, W&B, throughput, and in a SLURM job the checkpoint-then-requeue on
    the time-limit/preemption signal (alpacare/training/preemption.py);
 5. fit, continuing from ``train/checkpoints/last.ckpt`` when ``train.resume=auto``;
-6. write the Hugging Face model dir (safetensors + tokenizer + model card) and ``stats.json``,
+6. write the Hugging Face model dir (safetensors + tokenizer + model card + ``prompt_template.json``,
+   the template predict and benchmark then use) and ``stats.json``,
    each atomically.
 
 Resume: Lightning's checkpoint restores the weights (only the trainable ones for LoRA/QLoRA), the

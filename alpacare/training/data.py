@@ -1,7 +1,8 @@
 """Supervised fine-tuning data: Alpaca records -> tokenized examples -> batches.
 
-1. ``load_alpaca_records``: read the records and check their fields (one DataError line naming the
-   file and the record).
+1. ``load_training_records``: read the records (Alpaca JSON/JSONL, OpenAI ``messages``, ShareGPT
+   ``conversations``, parquet, a ``datasets`` dir) as Alpaca records, or conversations for ``chat``,
+   and check their fields (one DataError line naming the file and the record).
 2. ``tokenize_examples``: Alpaca prompt + response + EOS, tokenized together as Alpaca's train.py
    does. Only response tokens (and the EOS) are learned; prompt labels are -100. Examples longer
    than ``max_length`` are cut on the right and counted; one whose prompt alone fills
