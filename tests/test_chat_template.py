@@ -102,7 +102,7 @@ def test_train_chat_then_predict_uses_the_training_prompt_tokens(tmp_path, tiny_
     model_dir = run_dir / "train" / "model"
     assert json.loads((model_dir / "prompt_template.json").read_text()) == {"template": "chat", "end_of_turn": "<|im_end|>"}
     im = load_for_inference(str(model_dir), "predict.model", device="cpu")  # template: from the model dir
-    assert im.template == "chat" and end_of_turn_id(im.tokenizer) in im.stop_ids
+    assert im.template == "chat" and end_of_turn_id(im.tokenizer) in im.stop_ids()
     train_examples, _ = tokenize_examples(load_training_records(data, "chat"), _tokenizer(model_dir), 128, "chat")
     for record, example in zip(RECORDS, train_examples):
         assert im.encode(im.prompt(record["instruction"], record["input"])) == example.input_ids[: example.prompt_length].tolist()

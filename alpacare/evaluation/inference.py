@@ -91,7 +91,12 @@ class InferenceModel:
     dtype: str
     adapter: bool
     template: str = "alpaca"  # alpacare/prompts/chat.py: how prompts are written and where answers stop
-    stop_ids: tuple[int, ...] = ()  # EOS, and the chat template's end-of-turn token
+
+    def stop_ids(self) -> list[int]:
+        """EOS, and for ``chat`` the template's end-of-turn token (read from the tokenizer each time)."""
+        from alpacare.prompts.chat import stop_token_ids
+
+        return stop_token_ids(self.template, self.tokenizer)
 
     def prompt(self, instruction: str, input: Optional[str] = None) -> str:
         from alpacare.prompts.chat import format_task
@@ -160,7 +165,7 @@ def load_for_inference(source: str, key: str, *, dtype: str = "auto", device: st
     stops = stop_token_ids(template, tokenizer)
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     return InferenceModel(model, tokenizer, source, model_name(source), device, str(torch_dtype).replace("torch.", ""),
-                          adapter, template, tuple(stops))
+                          adapter, template)
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ def generate(
     tokenizer, model = im.tokenizer, im.model
     encoded = [im.encode(p) for p in prompts]
     results: list[Optional[Generation]] = [None] * len(prompts)
-    eos = im.stop_ids or tokenizer.eos_token_id
+    eos = im.stop_ids()
     for indices in length_sorted_batches([len(e) for e in encoded], batch_size):
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, padding=True, return_tensors="pt")
         batch = {k: v.to(im.device) for k, v in batch.items()}
@@ -291,6 +296,7 @@ def generate_vllm(llm: Any, prompts: Sequence[str], decoding: Decoding, *, seed:
         temperature=decoding.temperature if decoding.do_sample else 0.0,
         top_p=decoding.top_p if decoding.do_sample else 1.0,
         seed=seed,
-        stop_token_ids=stops,
+        # vLLM stops at EOS by itself; chat also at the end-of-turn token
+        **({"stop_token_ids": stops} if template == "chat" else {}),
     )
     return [generation_from_vllm(o.outputs[0], stops) for o in llm.generate(list(prompts), params)]
