@@ -161,3 +161,31 @@ def test_datasets_dir_trains_and_a_template_change_is_refused_on_resume(tmp_path
     assert merged["template"] == "chat"
     with pytest.raises(ConfigError, match=r"other settings \(train.template: chat -> None\)"):
         run_train(train_cfg(paths["datasets"], cache_dir, "train.max_steps=1", "tuning=lora", model_dir=tiny_model_dir), run_dir)
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_trains_with_chat_and_predicts_on_the_training_prompt(tmp_path, cache_dir):
+    """The issue's test on the embedded SmolLM2-135M-Instruct (converted tokenizer keeps the GGUF's
+    chat template): 1 LoRA step with chat, then predict's prompt tokens equal training's, and it answers."""
+    from alpacare.evaluation.inference import Decoding, generate, load_for_inference
+
+    data = write_records(tmp_path / "data.json", RECORDS[:4])
+    run_dir = tmp_path / "run"
+    run_train(train_cfg(data, cache_dir, "train.template=chat", "train.max_steps=1"), run_dir)
+    model_dir = run_dir / "train" / "model"
+    im = load_for_inference(str(model_dir), "predict.model", device="cpu")
+    assert im.template == "chat" and im.tokenizer.convert_ids_to_tokens(end_of_turn_id(im.tokenizer)) == "<|im_end|>"
+    examples, _ = tokenize_examples(load_training_records(data, "chat"), _tokenizer(model_dir), 128, "chat")
+    for record, example in zip(RECORDS[:4], examples):
+        assert im.encode(im.prompt(record["instruction"], record["input"])) == example.input_ids[: example.prompt_length].tolist()
+    answer = generate(im, [im.prompt(RECORDS[0]["instruction"])], Decoding(max_new_tokens=32), batch_size=1)[0]
+    assert answer.text and "<|im_end|>" not in answer.text and "<|im_start|>" not in answer.text
+
+
+def test_unknown_templates_are_refused_by_validate():
+    from alpacare.config import validate
+    from tests.test_train_support import compose
+
+    for key in ("train", "predict", "benchmark"):
+        with pytest.raises(ConfigError, match=rf"^{key}.template: must be"):
+            validate(compose([f"{key}.template=vicuna"]))
