@@ -98,7 +98,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             todo = [i for i in range(len(items)) if i not in done]
             log.info("predict: %s, %d items, %d already answered", name, len(items), len(items) - len(todo))
             if todo:
-                _answer(ctx, engine, [prompts[i] for i in todo], todo, work, desc=f"predict {name}")
+                _answer(ctx, engine, [prompts[i] for i in todo], todo, work, desc=f"predict {name}", template=template)
             answers = {r["index"]: r for r in work.records}
         seconds = time.perf_counter() - started
         records = [{**it, "output": answers[it["index"]]["output"], "generator": generator,
@@ -133,7 +133,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **{f"{name}_stopped_at_max": s["stopped_at_max_new_tokens"] for name, s in per_set.items()}}
 
 
-def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], work: AppendLog, desc: str) -> None:
+def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], work: AppendLog, desc: str,
+            template: str = "alpaca") -> None:
     cfg = ctx.cfg.predict
     bar = tqdm(total=len(prompts), desc=desc, unit="item", dynamic_ncols=True)
 
@@ -145,8 +146,7 @@ def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], w
 
     try:
         if cfg.backend == "vllm":
-            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed,
-                                                           template=template_of(ctx.model_source(MODEL), cfg.template)))
+            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed, template=template))
         else:
             generate(engine(), prompts, decoding_of(cfg), batch_size=cfg.batch_size, on_batch=record, seed=cfg.seed)
     finally:
