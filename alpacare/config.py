@@ -265,8 +265,15 @@ class TrainConfig:
     conf/experiment/paper_7b.yaml and paper_13b.yaml set the paper's values.
     """
 
-    # Alpaca JSON training set; None = this run's responses stage output.
+    # Training set; None = this run's responses stage output (Alpaca JSON). Also: Alpaca JSONL, OpenAI
+    # ``messages`` or ShareGPT ``conversations`` records, a .parquet file or a local HF ``datasets``
+    # directory (save_to_disk). A single user turn + answer is an Alpaca task; a system message or
+    # several turns need template=chat (loss on the final assistant turn; alpacare/training/data.py).
     data: Optional[str] = None
+    # Prompt template: alpaca (the paper's Stanford Alpaca prompt, alpacare/prompts/alpaca.py) or chat
+    # (the tokenizer's own chat template, responses end with its end-of-turn token). Recorded in the
+    # model dir (prompt_template.json) so predict and benchmark use the same one.
+    template: str = "alpaca"
     epochs: int = 3  # paper (7B): 3; 13B: 5
     # Optimizer steps; > 0 overrides epochs (as max_steps does in the HF Trainer that Alpaca/AlpaCare
     # use: the data is repeated as needed); -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
@@ -318,6 +325,9 @@ class PredictConfig:
     # Model dir (full, LoRA/QLoRA adapter or merged), Hugging Face id or local path.
     # None = this run's train/model.
     model: Optional[str] = None
+    # auto = the template the model dir records (train.template), alpaca when it records none (a base
+    # HF id); or alpaca / chat (alpacare/prompts/chat.py).
+    template: str = "auto"
     # Name written into every prediction (``generator``); None = derived from the model path.
     name: Optional[str] = None
     # Test sets by name (paper: medinstruct, icliniq, alpaca_eval; see alpacare/data/eval_sets.py)
@@ -419,6 +429,10 @@ class BenchmarkConfig:
     device: str = "auto"
     # hf = transformers through lm-eval's HFLM; vllm = lm-eval's vLLM backend (pip install 'alpacare[vllm]').
     backend: str = "hf"
+    # auto = the model dir's recorded template (as predict.template); chat passes lm-eval
+    # apply_chat_template=True and fewshot_as_multiturn=True (lm_eval --apply_chat_template
+    # --fewshot_as_multiturn); alpaca = plain lm-eval contexts, as the paper's evaluation.
+    template: str = "auto"
     # Python, numpy, torch and few-shot sampler seeds (lm_eval --seed S sets all four to S).
     seed: int = 1234
     # Write lm-eval's per-sample log (benchmark/samples_<task>.jsonl).
@@ -530,6 +544,10 @@ def validate(cfg: Any) -> None:
            f"must be in [0, 1), got {cfg.dedup.contamination_threshold}")
     for role in ("teacher", "judge"):
         _validate_endpoint(cfg[role], role)
+    _check(cfg.train.template in ("alpaca", "chat"), "train.template", f"must be alpaca or chat, got {cfg.train.template!r}")
+    for key in ("predict", "benchmark"):
+        _check(cfg[key].template in ("auto", "alpaca", "chat"), f"{key}.template",
+               f"must be auto, alpaca or chat, got {cfg[key].template!r}")
     _check(cfg.tuning.method in ("full", "lora", "qlora"), "tuning.method", f"must be full, lora or qlora, got {cfg.tuning.method!r}")
     _check(cfg.tuning.lr > 0, "tuning.lr", f"must be positive, got {cfg.tuning.lr}")
     _check(cfg.tuning.lora_r > 0, "tuning.lora_r", "must be positive")

@@ -90,6 +90,22 @@ class InferenceModel:
     device: str
     dtype: str
     adapter: bool
+    template: str = "alpaca"  # alpacare/prompts/chat.py: how prompts are written and where answers stop
+
+    def stop_ids(self) -> list[int]:
+        """EOS, and for ``chat`` the template's end-of-turn token (read from the tokenizer each time)."""
+        from alpacare.prompts.chat import stop_token_ids
+
+        return stop_token_ids(self.template, self.tokenizer)
+
+    def prompt(self, instruction: str, input: Optional[str] = None) -> str:
+        from alpacare.prompts.chat import format_task
+
+        return format_task(self.template, self.tokenizer, instruction, input)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt tokens as in training: a chat template writes its own special tokens."""
+        return self.tokenizer(prompt, add_special_tokens=self.template != "chat")["input_ids"]
 
 
 def load_tokenizer_for_generation(source: str, key: str, fallback: Optional[str] = None):
@@ -111,8 +127,12 @@ def load_tokenizer_for_generation(source: str, key: str, fallback: Optional[str]
     return tokenizer
 
 
-def load_for_inference(source: str, key: str, *, dtype: str = "auto", device: str = "auto") -> InferenceModel:
-    """Load a model dir, adapter dir or HF id, in eval mode on ``device``."""
+def load_for_inference(source: str, key: str, *, dtype: str = "auto", device: str = "auto",
+                       template: str = "auto") -> InferenceModel:
+    """Load a model dir, adapter dir or HF id, in eval mode on ``device``, prompted with ``template``
+    (auto = what the model dir records, alpacare/prompts/chat.py)."""
+    from alpacare.prompts.chat import require_chat_template, stop_token_ids, template_of
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -139,8 +159,13 @@ def load_for_inference(source: str, key: str, *, dtype: str = "auto", device: st
             raise ConfigError(f"{key}={source}: cannot load the adapter ({first_line(e)})") from None
     model.to(device).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return InferenceModel(model, tokenizer, source, model_name(source), device, str(torch_dtype).replace("torch.", ""), adapter)
+    template = template_of(source, template)
+    if template == "chat":
+        require_chat_template(tokenizer, key.rsplit(".", 1)[0] + ".template")
+    stops = stop_token_ids(template, tokenizer)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    return InferenceModel(model, tokenizer, source, model_name(source), device, str(torch_dtype).replace("torch.", ""),
+                          adapter, template)
 
 
 @dataclass(frozen=True)
@@ -186,9 +211,9 @@ def generate(
     import torch
 
     tokenizer, model = im.tokenizer, im.model
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    encoded = [im.encode(p) for p in prompts]
     results: list[Optional[Generation]] = [None] * len(prompts)
-    eos = tokenizer.eos_token_id
+    eos = im.stop_ids()
     for indices in length_sorted_batches([len(e) for e in encoded], batch_size):
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, padding=True, return_tensors="pt")
         batch = {k: v.to(im.device) for k, v in batch.items()}
@@ -209,15 +234,17 @@ def generate(
     return [r for r in results if r is not None]
 
 
-def answer_tokens(token_ids: Sequence[int], eos_token_id: int,
+def answer_tokens(token_ids: Sequence[int], eos_token_id: int | Sequence[int],
                   pad_token_id: Optional[int] = None) -> tuple[list[int], bool]:
     """The answer in one generated sequence, and whether it ended at EOS: the tokens before the first
     EOS. ``Generation.new_tokens`` is its length on both backends: transformers' ``generate`` pads a
     row that stopped early after its EOS, vLLM's ``token_ids`` end with the EOS it stopped on, and
     neither the EOS nor the padding is part of the answer."""
     ids = list(token_ids)
-    stopped = eos_token_id in ids
-    tokens = ids[: ids.index(eos_token_id)] if stopped else ids
+    stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)  # EOS, or the chat stops
+    end = next((k for k, t in enumerate(ids) if t in stops), None)
+    stopped = end is not None
+    tokens = ids[:end] if stopped else ids
     if pad_token_id is not None:
         tokens = [t for t in tokens if t != pad_token_id]
     return tokens, stopped
@@ -245,21 +272,31 @@ def load_vllm(source: str, *, dtype: str, merged_dir: Path, seed: int = 0, key: 
     return LLM(model=vllm_source(source, merged_dir), dtype=dtype, seed=seed)
 
 
-def generation_from_vllm(completion: Any, eos_token_id: int) -> Generation:
+def generation_from_vllm(completion: Any, eos_token_id: int | Sequence[int]) -> Generation:
     """A vLLM ``CompletionOutput`` (text, token_ids, finish_reason) as a ``Generation``."""
     tokens, _ = answer_tokens(completion.token_ids, eos_token_id)
     return Generation(completion.text.strip(), len(tokens), "length" if completion.finish_reason == "length" else "stop")
 
 
-def generate_vllm(llm: Any, prompts: Sequence[str], decoding: Decoding, *, seed: int = 0) -> list[Generation]:
-    """The same answers through a vLLM engine from ``load_vllm``; results in input order."""
+def generate_vllm(llm: Any, prompts: Sequence[str], decoding: Decoding, *, seed: int = 0,
+                  template: str = "alpaca") -> list[Generation]:
+    """The same answers through a vLLM engine from ``load_vllm``; results in input order. ``chat``:
+    prompts go in as the training token ids (no extra BOS) and the end-of-turn token stops too."""
     from vllm import SamplingParams
+
+    from alpacare.prompts.chat import stop_token_ids
+
+    tokenizer = llm.get_tokenizer()
+    stops = stop_token_ids(template, tokenizer)
+    if template == "chat":
+        prompts = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
 
     params = SamplingParams(
         max_tokens=decoding.max_new_tokens,
         temperature=decoding.temperature if decoding.do_sample else 0.0,
         top_p=decoding.top_p if decoding.do_sample else 1.0,
         seed=seed,
+        # vLLM stops at EOS by itself; chat also at the end-of-turn token
+        **({"stop_token_ids": stops} if template == "chat" else {}),
     )
-    eos = llm.get_tokenizer().eos_token_id
-    return [generation_from_vllm(o.outputs[0], eos) for o in llm.generate(list(prompts), params)]
+    return [generation_from_vllm(o.outputs[0], stops) for o in llm.generate(list(prompts), params)]

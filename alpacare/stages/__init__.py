@@ -67,7 +67,8 @@ REPORT_HTML = Artifact("report", "report.html")
 @dataclass(frozen=True)
 class Input:
     """What a stage reads: ``artifact`` from this run dir, unless config key ``override`` names
-    an explicit path. ``kind="model"``: the override may also be a Hugging Face id. ``each``: a
+    an explicit path. ``kind="model"``: the override may also be a Hugging Face id; ``kind="data"``:
+    a file or a directory (a Hugging Face ``datasets`` save_to_disk dir). ``each``: a
     config key holding a list; the artifact is read once per item (``{test_set}`` in its name)."""
 
     artifact: Artifact
@@ -75,6 +76,10 @@ class Input:
     kind: str = "file"
     each: Optional[str] = None
     each_field: str = "test_set"
+
+
+def _is_input_file(path: Path, inp: Input) -> bool:
+    return path.is_file() or (inp.kind == "data" and path.is_dir())
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("instructions", outputs=(INSTRUCTIONS,), endpoints=("teacher",)),
     StageSpec("dedup", inputs=(Input(INSTRUCTIONS, "dedup.input"),), outputs=(KEPT, CONTAMINATED)),
     StageSpec("responses", inputs=(Input(KEPT, "responses.input"),), outputs=(TRAIN_SET,), endpoints=("teacher",)),
-    StageSpec("train", inputs=(Input(TRAIN_SET, "train.data"),), outputs=(MODEL,), all_ranks=True),
+    StageSpec("train", inputs=(Input(TRAIN_SET, "train.data", kind="data"),), outputs=(MODEL,), all_ranks=True),
     StageSpec("predict", inputs=(Input(MODEL, "predict.model", kind="model"),), outputs=(PREDICTIONS,)),
     StageSpec("judge", inputs=(Input(PREDICTIONS, "judge.predictions", each="judge.test_sets"),),
               outputs=(VERDICTS, WIN_RATES), endpoints=("judge",)),
@@ -140,7 +145,7 @@ def check_inputs(cfg: Any, run_dir: Path, stages: list[StageSpec]) -> None:
             if explicit:
                 if inp.kind == "model":
                     check_model_source(str(explicit), inp.override)
-                elif not Path(str(explicit)).expanduser().is_file():
+                elif not _is_input_file(Path(str(explicit)).expanduser(), inp):
                     raise DataError(f"{inp.override}={explicit}: no such file")
                 continue
             if inp.artifact.stage in produced:
@@ -219,7 +224,7 @@ class StageContext:
         explicit = _select(self.cfg, inp.override)
         if explicit:
             path = Path(str(explicit)).expanduser()
-            if not path.is_file():
+            if not _is_input_file(path, inp):
                 raise DataError(f"{inp.override}={explicit}: no such file")
             return path
         path = artifact.path(self.run_dir, **fields)

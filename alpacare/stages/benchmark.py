@@ -29,6 +29,7 @@ from alpacare.evaluation.benchmarks import tasks_index
 from alpacare.evaluation.benchmarks.data import data_root, verify_files
 from alpacare.data.jsonl import write_json_atomic, write_jsonl_atomic
 from alpacare.errors import ConfigError, first_line
+from alpacare.prompts.chat import template_of
 from alpacare.stages import BENCHMARK_RESULTS, MODEL, StageContext
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def build_lm(cfg: Any, source: str, merged_dir: Path) -> tuple[Any, Optional[Any
     from alpacare.evaluation.inference import load_for_inference
 
     log.info("benchmark: loading %s", source)
-    im = load_for_inference(source, "benchmark.model", dtype=cfg.dtype, device=cfg.device)
+    im = load_for_inference(source, "benchmark.model", dtype=cfg.dtype, device=cfg.device, template=cfg.template)
     return runner.hf_lm(im, cfg.batch_size, cfg.max_batch_size), im
 
 
@@ -140,7 +141,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     task_dir = tasks_index.prepare_task_dir(ctx.dir / "tasks", root, shots)
     limit = int(cfg.limit) if cfg.limit is not None else None
     lm, im = build_lm(cfg, source, ctx.dir / "vllm_merged_model")
-    results = runner.run_lm_eval(lm, tasks, task_dir, cfg.include_path, limit=limit, seed=cfg.seed,
+    template = template_of(source, cfg.template)  # the model dir's train.template unless overridden
+    results = runner.run_lm_eval(lm, tasks, task_dir, cfg.include_path, limit=limit, seed=cfg.seed, template=template,
                                  log_samples=cfg.log_samples, num_fewshot=cfg.num_fewshot,
                                  fewshot=user_fewshot(cfg, shots))
 
@@ -148,7 +150,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.log_samples:
         for name, rows in samples.items():
             write_jsonl_atomic(ctx.dir / f"samples_{name}.jsonl", [json.loads(json.dumps(r, default=_plain)) for r in rows])
-    results["config"] = {**(results.get("config") or {}), "model": source, "backend": cfg.backend,
+    results["config"] = {**(results.get("config") or {}), "model": source, "backend": cfg.backend, "template": template,
                          "batch_size": cfg.batch_size, "limit": limit, "seed": cfg.seed,
                          "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
                          "include_path": [str(task_dir)] + ([str(cfg.include_path)] if cfg.include_path else [])}

@@ -2,7 +2,8 @@
 
 Input: ``predict.model`` (a model dir, adapter dir or Hugging Face id), by default this run's
 ``train/model``. Test sets by name (MedInstruct-test, iCliniq, AlpacaFarm; alpacare/data/eval_sets.py)
-or as files. Prompts are the Alpaca template the model was trained with; decoding is greedy unless
+or as files. Prompts are in the template the model was trained with (``prompt_template.json`` in its
+dir, else Alpaca; ``predict.template`` overrides; alpacare/prompts/chat.py); decoding is greedy unless
 ``predict.do_sample=true``, and only the generated tokens are decoded (alpacare/evaluation/inference.py).
 
 Resume: every finished batch is appended to ``predict/<test_set>.log.jsonl``; a run killed at any
@@ -27,12 +28,11 @@ from alpacare.fingerprint import check_settings
 from alpacare.evaluation.inference import (
     Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, load_vllm, model_name,
 )
-from alpacare.prompts.alpaca import format_prompt
+from alpacare.prompts.chat import format_task, template_of
 from alpacare.stages import MODEL, PREDICTIONS, StageContext
 
 log = logging.getLogger(__name__)
 
-PROMPT_TEMPLATE = "alpaca"  # alpacare/prompts/alpaca.py, the template training used
 WORK_LOG_SUFFIX = ".log.jsonl"
 
 
@@ -46,12 +46,12 @@ def decoding_of(cfg: Any) -> Decoding:
     return Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p)
 
 
-def settings(source: str, cfg: Any) -> dict[str, Any]:
+def settings(source: str, cfg: Any, template: str = "alpaca") -> dict[str, Any]:
     """What decides the answers. Not the batch size (answers do not depend on it: tests/test_predict.py)
     nor the limit or the test sets (raising or adding them extends finished work)."""
     d = decoding_of(cfg)
     return {"predict.model": source, "predict.backend": cfg.backend, "predict.dtype": cfg.dtype,
-            "prompt_template": PROMPT_TEMPLATE, "predict.max_new_tokens": d.max_new_tokens,
+            "prompt_template": template, "predict.max_new_tokens": d.max_new_tokens,
             "predict.do_sample": d.do_sample, "predict.temperature": d.temperature if d.do_sample else None,
             "predict.top_p": d.top_p if d.do_sample else None, "predict.seed": cfg.seed if d.do_sample else None}
 
@@ -61,7 +61,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source = ctx.model_source(MODEL)
     generator = cfg.name or model_name(source)
     decoding = decoding_of(cfg)
-    check_settings(ctx.dir, settings(source, cfg), stage="predict", allow_changed=cfg.allow_changed_settings,
+    template = template_of(source, cfg.template)  # the model dir's train.template unless overridden
+    check_settings(ctx.dir, settings(source, cfg, template), stage="predict", allow_changed=cfg.allow_changed_settings,
                    has_work=any(p.stat().st_size for p in ctx.dir.glob(f"*{WORK_LOG_SUFFIX}")))
     loaded: list[Any] = []
 
@@ -72,8 +73,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
             if cfg.backend == "vllm":
                 loaded.append(load_vllm(source, dtype=cfg.dtype, merged_dir=ctx.dir / "vllm_merged_model", seed=cfg.seed))
             else:
-                loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device))
+                loaded.append(load_for_inference(source, "predict.model", dtype=cfg.dtype, device=cfg.device,
+                                                 template=template))
         return loaded[0]
+
+    def prompt_of(item: dict[str, Any]) -> str:
+        """The training prompt; ``chat`` needs the model's tokenizer (the engine's)."""
+        if template == "alpaca":
+            return format_task(template, None, item["instruction"], item["input"])
+        e = engine()
+        tokenizer = e.tokenizer if isinstance(e, InferenceModel) else e.get_tokenizer()
+        return format_task(template, tokenizer, item["instruction"], item["input"])
 
     per_set: dict[str, dict[str, Any]] = {}
     for spec in cfg.test_sets:
@@ -81,14 +91,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         items = load_items(str(spec), ctx.cfg.cache_dir)
         if cfg.limit is not None:
             items = items[: cfg.limit]
-        prompts = [format_prompt(it["instruction"], it["input"]) for it in items]
+        prompts = [prompt_of(it) for it in items]
         started = time.perf_counter()
         with AppendLog(ctx.dir / f"{name}{WORK_LOG_SUFFIX}") as work:
             done = {r["index"] for r in work.records}
             todo = [i for i in range(len(items)) if i not in done]
             log.info("predict: %s, %d items, %d already answered", name, len(items), len(items) - len(todo))
             if todo:
-                _answer(ctx, engine, [prompts[i] for i in todo], todo, work, desc=f"predict {name}")
+                _answer(ctx, engine, [prompts[i] for i in todo], todo, work, desc=f"predict {name}", template=template)
             answers = {r["index"]: r for r in work.records}
         seconds = time.perf_counter() - started
         records = [{**it, "output": answers[it["index"]]["output"], "generator": generator,
@@ -113,7 +123,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "items": sum(s["items"] for s in per_set.values()),
         "generated": sum(s["generated"] for s in per_set.values()),
         "records_in": sum(s["items"] for s in per_set.values()), "records_out": sum(s["items"] for s in per_set.values()),
-        "settings": {"template": PROMPT_TEMPLATE, "backend": cfg.backend, "batch_size": cfg.batch_size,
+        "settings": {"template": template, "backend": cfg.backend, "batch_size": cfg.batch_size,
                      "limit": cfg.limit, "dtype": im.dtype if im else cfg.dtype, "device": im.device if im else cfg.device,
                      **decoding.__dict__},
     }
@@ -123,7 +133,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **{f"{name}_stopped_at_max": s["stopped_at_max_new_tokens"] for name, s in per_set.items()}}
 
 
-def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], work: AppendLog, desc: str) -> None:
+def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], work: AppendLog, desc: str,
+            template: str = "alpaca") -> None:
     cfg = ctx.cfg.predict
     bar = tqdm(total=len(prompts), desc=desc, unit="item", dynamic_ncols=True)
 
@@ -135,7 +146,7 @@ def _answer(ctx: StageContext, engine, prompts: list[str], indices: list[int], w
 
     try:
         if cfg.backend == "vllm":
-            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed))
+            record(list(range(len(prompts))), generate_vllm(engine(), prompts, decoding_of(cfg), seed=cfg.seed, template=template))
         else:
             generate(engine(), prompts, decoding_of(cfg), batch_size=cfg.batch_size, on_batch=record, seed=cfg.seed)
     finally:

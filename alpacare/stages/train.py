@@ -2,8 +2,10 @@
 
 The recipe, top to bottom in ``run``:
 
-1. read the Alpaca JSON (responses stage's ``train.json`` or ``train.data=FILE``) and tokenize it
-   with the Alpaca template: loss on response tokens only, EOS appended, a pad token distinct
+1. read the training data (responses stage's Alpaca ``train.json``, or ``train.data``: Alpaca, OpenAI
+   messages, ShareGPT, parquet or a datasets dir) and tokenize it with ``train.template`` (Alpaca,
+   or the tokenizer's chat template; alpacare/prompts/chat.py): loss on response tokens only,
+   EOS (chat: the end-of-turn token) appended, a pad token distinct
    from EOS, examples longer than ``train.max_length`` truncated and counted (alpacare/training/data.py);
 2. load the student: full weights, LoRA, or QLoRA (4-bit NF4 base + LoRA) (alpacare/training/models.py);
 3. wrap it in ``InstructionTuner``, a LightningModule: the loss, AdamW with warmup + cosine decay
@@ -13,7 +15,8 @@ The recipe, top to bottom in ``run``:
    layer class, checkpoints, W&B, throughput, and in a SLURM job the checkpoint-then-requeue on
    the time-limit/preemption signal (alpacare/training/preemption.py);
 5. fit, continuing from ``train/checkpoints/last.ckpt`` when ``train.resume=auto``;
-6. write the Hugging Face model dir (safetensors + tokenizer + model card) and ``stats.json``,
+6. write the Hugging Face model dir (safetensors + tokenizer + model card + ``prompt_template.json``,
+   the template predict and benchmark then use) and ``stats.json``,
    each atomically.
 
 Resume: Lightning's checkpoint restores the weights (only the trainable ones for LoRA/QLoRA), the
@@ -42,11 +45,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from alpacare.errors import ConfigError
-from alpacare.fingerprint import file_digest
 from alpacare.prompts.alpaca import alpaca_chat_template
+from alpacare.prompts.chat import require_chat_template, stop_token_ids, write_template
 from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_METRICS, TRAIN_SET, StageContext
 from alpacare.training import models
-from alpacare.training.data import data_fingerprint, load_alpaca_records, tokenize_examples
+from alpacare.training.data import data_digest, data_fingerprint, load_training_records, tokenize_examples
 from alpacare.training.export import full_state_dict, model_card
 from alpacare.training.metrics_log import MetricsFile
 from alpacare.training.module import InstructionTuner, ThroughputStats
@@ -71,7 +74,7 @@ def settings(cfg: DictConfig, data_path: Path, lr: float) -> dict[str, Any]:
     result), and the devices (the effective batch is what counts)."""
     m, t, tr = cfg.model, cfg.tuning, cfg.train
     return {
-        "train.data": file_digest(data_path),
+        "train.data": data_digest(data_path),
         "model.path": m.path, "model.gguf_file": m.gguf_file, "model.pad_token": m.pad_token,
         "tuning.method": t.method,
         **({f"tuning.{k}": t[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
@@ -82,6 +85,7 @@ def settings(cfg: DictConfig, data_path: Path, lr: float) -> dict[str, Any]:
         **{f"train.{k}": tr[k] for k in ("epochs", "max_steps", "lr_scheduler", "warmup_ratio", "weight_decay",
                                           "micro_batch_size", "effective_batch_size", "max_length",
                                           "group_by_length", "packing", "seed")},
+        **({"train.template": tr.template} if tr.template != "alpaca" else {}),
         "trainer.precision": str(cfg.trainer.precision),
     }
 
@@ -95,9 +99,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return_freed_memory_to_os()
 
     # 1. Data: Alpaca records -> tokenized examples with response-only labels.
-    records = load_alpaca_records(data_path)
+    template = cfg.train.template
+    records = load_training_records(data_path, template)
     tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
-    examples, data_stats = tokenize_examples(records, tokenizer, cfg.train.max_length)
+    if template == "chat":
+        require_chat_template(tokenizer, "train.template")
+    examples, data_stats = tokenize_examples(records, tokenizer, cfg.train.max_length, template)
     if not examples:
         raise ConfigError(f"train.max_length={cfg.train.max_length}: every prompt in {data_path} is longer; nothing to train on")
     log.info("train: %d examples (%d truncated, %d dropped: prompt too long, %d dropped: empty output), %d tokens",
@@ -119,7 +126,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # 3. LightningModule.
     module = InstructionTuner(
         model, examples, train_cfg=cfg.train, lr=lr, pad_token_id=tokenizer.pad_token_id,
-        fingerprint=data_fingerprint(data_path, cfg.train.max_length), settings=settings(cfg, data_path, lr),
+        fingerprint=data_fingerprint(data_path, cfg.train.max_length, template), settings=settings(cfg, data_path, lr),
     )
 
     # 4. Trainer.
@@ -208,9 +215,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         base = str(models.resolve_model_path(cfg.model, cfg.cache_dir))
         merge = cfg.tuning.merge_adapter and cfg.tuning.method != "full"
         card = model_card(cfg, base=base, data_path=data_path, stats=stats, hparams=hparams, merged=merge)
-        # The saved tokenizer carries the prompt format the model was trained on, not the base's.
-        tokenizer.chat_template = alpaca_chat_template()
-        models.save_model_dir(model, tokenizer, MODEL.path(ctx.run_dir), card=card, state_dict=state_dict)
+        # The saved tokenizer carries the prompt format the model was trained on: the Alpaca one,
+        # or (chat) the base's own; generation stops at the template's end of turn too.
+        if template == "alpaca":
+            tokenizer.chat_template = alpaca_chat_template()
+        else:
+            model.generation_config.eos_token_id = stop_token_ids(template, tokenizer)
+        models.save_model_dir(model, tokenizer, MODEL.path(ctx.run_dir), card=card, state_dict=state_dict,
+                              extra=lambda d: write_template(d, template, tokenizer))
         if merge:
             merged_card = card.replace("library_name: peft", "library_name: transformers")
             models.save_merged_model(MODEL.path(ctx.run_dir), MERGED_MODEL.path(ctx.run_dir), card=merged_card,

@@ -1,7 +1,8 @@
 """Supervised fine-tuning data: Alpaca records -> tokenized examples -> batches.
 
-1. ``load_alpaca_records``: read the records and check their fields (one DataError line naming the
-   file and the record).
+1. ``load_training_records``: read the records (Alpaca JSON/JSONL, OpenAI ``messages``, ShareGPT
+   ``conversations``, parquet, a ``datasets`` dir) as Alpaca records, or conversations for ``chat``,
+   and check their fields (one DataError line naming the file and the record).
 2. ``tokenize_examples``: Alpaca prompt + response + EOS, tokenized together as Alpaca's train.py
    does. Only response tokens (and the EOS) are learned; prompt labels are -100. Examples longer
    than ``max_length`` are cut on the right and counted; one whose prompt alone fills
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from alpacare.data.jsonl import read_records
 from alpacare.errors import DataError
 from alpacare.prompts.alpaca import format_prompt
+from alpacare.prompts.chat import chat_prompt, end_of_turn_id, user_content
 
 IGNORE_INDEX = -100  # labels the loss skips (torch.nn.CrossEntropyLoss default ignore_index)
 
@@ -49,16 +51,106 @@ def load_alpaca_records(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise DataError(f"{path}: no training examples (empty file)")
     for i, record in enumerate(records, 1):
-        for key in ("instruction", "output"):
-            if key not in record:
-                raise DataError(f"{path}: record {i} is missing the field {key!r}")
-            if not isinstance(record[key], str):
-                raise DataError(f"{path}: record {i}: {key!r} must be a string, got {type(record[key]).__name__}")
-        if not record["instruction"].strip():
-            raise DataError(f"{path}: record {i}: 'instruction' is empty")
-        if record.get("input") is not None and not isinstance(record["input"], str):
-            raise DataError(f"{path}: record {i}: 'input' must be a string, got {type(record['input']).__name__}")
+        check_alpaca_record(record, f"{path}: record {i}")
     return records
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def read_training_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a training file: Alpaca JSON/JSONL (alpacare/data/jsonl.py), a ``.parquet`` file or a
+    local Hugging Face ``datasets`` directory (``save_to_disk``; a DatasetDict's ``train`` split)."""
+    path = Path(path)
+    if not (path.is_dir() or path.suffix == ".parquet"):
+        return read_records(path)
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_parquet(str(path))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise DataError(f"{path}: cannot read it as a datasets directory or parquet file ({str(e).splitlines()[0]})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {sorted(data)})")
+        data = data["train"]
+    return data.to_list()
+
+
+def conversation_of(record: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """OpenAI ``messages`` or ShareGPT ``conversations`` as [{role, content}], checked: an optional
+    system message, then user/assistant turns alternating, ending with the assistant."""
+    sharegpt = "messages" not in record
+    turns = record["conversations"] if sharegpt else record["messages"]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: {'conversations' if sharegpt else 'messages'} must be a non-empty list")
+    messages = []
+    for k, turn in enumerate(turns, 1):
+        role = SHAREGPT_ROLES.get(turn.get("from")) if sharegpt and isinstance(turn, dict) else (
+            turn.get("role") if isinstance(turn, dict) else None)
+        content = (turn.get("value") if sharegpt else turn.get("content")) if isinstance(turn, dict) else None
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise DataError(f"{where}: turn {k} needs a role (system/user/assistant; ShareGPT: system/human/gpt) "
+                            "and a string content")
+        messages.append({"role": role, "content": content})
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    expected = ["user", "assistant"] * (len(body) // 2)
+    if len(body) < 2 or len(body) % 2 or [m["role"] for m in body] != expected:
+        raise DataError(f"{where}: turns must alternate user/assistant (after an optional system) and end with the assistant")
+    return messages
+
+
+def load_training_records(path: str | Path, template: str = "alpaca") -> list[dict[str, Any]]:
+    """Training records from any supported format, as Alpaca records ({instruction, input, output})
+    where they are one user turn and one answer, else (``chat`` only) ``{"messages": [...]}``.
+
+    A conversation with a system message or several turns cannot be written in the Alpaca
+    template: with ``alpaca`` it is an error naming the record, with ``chat`` it is rendered by the
+    template, earlier turns as context and the loss on the final assistant turn."""
+    rows = read_training_rows(path)
+    if not rows:
+        raise DataError(f"{path}: no training examples (empty file)")
+    records, alpaca = [], []
+    for i, row in enumerate(rows, 1):
+        if isinstance(row, dict) and ("messages" in row or "conversations" in row):
+            messages = conversation_of(row, f"{path}: record {i}")
+            if len(messages) == 2:
+                records.append({"instruction": messages[0]["content"], "input": "", "output": messages[1]["content"]})
+                continue
+            if template != "chat":
+                raise DataError(f"{path}: record {i}: a system message or several turns need train.template=chat")
+            records.append({"messages": messages})
+        else:
+            records.append(row)
+            alpaca.append((i, row))
+    for i, record in alpaca:
+        check_alpaca_record(record, f"{path}: record {i}")
+    return records
+
+
+def check_alpaca_record(record: Any, where: str) -> None:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not an object with instruction/output (or messages/conversations)")
+    for key in ("instruction", "output"):
+        if key not in record:
+            raise DataError(f"{where} is missing the field {key!r}")
+        if not isinstance(record[key], str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    if not record["instruction"].strip():
+        raise DataError(f"{where}: 'instruction' is empty")
+    if record.get("input") is not None and not isinstance(record["input"], str):
+        raise DataError(f"{where}: 'input' must be a string, got {type(record['input']).__name__}")
+
+
+def response_of(record: dict[str, Any]) -> str:
+    return record["messages"][-1]["content"] if "messages" in record else record["output"]
+
+
+def chat_messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The record's conversation before the learned answer (``chat``)."""
+    if "messages" in record:
+        return record["messages"][:-1]
+    return [{"role": "user", "content": user_content(record["instruction"], record.get("input"))}]
 
 
 @dataclass
@@ -90,7 +182,8 @@ class TokenizeStats:
     tokens: int = 0
 
 
-def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: int) -> tuple[list[Example], TokenizeStats]:
+def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: int,
+                      template: str = "alpaca") -> tuple[list[Example], TokenizeStats]:
     """Prompt and response are tokenized together, as Alpaca's train.py (which AlpaCare runs) does,
     and the prompt alone gives where the labels start.
 
@@ -99,12 +192,21 @@ def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: 
     it is "The". The model would learn a first token that the joint text, and the inference
     prompt, never lead to. Jointly, the prompt's tokens are those the model sees at inference
     (``tokenizer(format_prompt(...))``), and the labels are the tokens that follow them in the
-    pair (tests/test_fidelity.py checks both on a SentencePiece LLaMA tokenizer)."""
-    kept = [r for r in records if r["output"].strip()]
+    pair (tests/test_fidelity.py checks both on a SentencePiece LLaMA tokenizer).
+
+    ``template="chat"``: the prompt is the tokenizer's chat template up to the assistant turn
+    (alpacare/prompts/chat.py), which writes its own special tokens (no others are added), and the
+    response ends with the template's end-of-turn token instead of EOS."""
+    kept = [r for r in records if response_of(r).strip()]
     stats = TokenizeStats(empty_outputs=len(records) - len(kept))
-    prompts = [format_prompt(r["instruction"], r.get("input")) for r in kept]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"] if kept else []
-    pair_ids = tokenizer([p + r["output"] for p, r in zip(prompts, kept)], add_special_tokens=True)["input_ids"] if kept else []
+    chat = template == "chat"
+    if chat:
+        prompts = [chat_prompt(tokenizer, chat_messages(r)) for r in kept]
+    else:
+        prompts = [format_prompt(r["instruction"], r.get("input")) for r in kept]
+    end_id = end_of_turn_id(tokenizer) if chat else tokenizer.eos_token_id
+    prompt_ids = tokenizer(prompts, add_special_tokens=not chat)["input_ids"] if kept else []
+    pair_ids = tokenizer([p + response_of(r) for p, r in zip(prompts, kept)], add_special_tokens=not chat)["input_ids"] if kept else []
 
     examples = []
     for prompt, pair in zip(prompt_ids, pair_ids):
@@ -112,7 +214,7 @@ def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: 
             stats.boundary_merged += 1
             shared = next((i for i, (a, b) in enumerate(zip(prompt, pair)) if a != b), min(len(prompt), len(pair)))
             prompt = prompt[:shared]
-        ids = pair + [tokenizer.eos_token_id]
+        ids = pair + [end_id]
         if len(ids) > max_length:
             stats.truncated += 1
             if len(prompt) >= max_length:
@@ -125,10 +227,25 @@ def tokenize_examples(records: Sequence[dict[str, Any]], tokenizer, max_length: 
     return examples, stats
 
 
-def data_fingerprint(path: str | Path, max_length: int) -> str:
+def data_digest(path: str | Path) -> str:
+    """Content hash of the training data: a file, or every file of a ``datasets`` directory."""
+    from alpacare.fingerprint import file_digest
+
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{f.relative_to(path)}\0{file_digest(f)}\0".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def data_fingerprint(path: str | Path, max_length: int, template: str = "alpaca") -> str:
     """Identifies the training data, so a resumed run refuses a checkpoint made on other data."""
-    digest = hashlib.sha256(Path(path).read_bytes())
+    digest = hashlib.sha256(data_digest(path).encode()) if Path(path).is_dir() else hashlib.sha256(Path(path).read_bytes())
     digest.update(f"max_length={max_length}".encode())
+    if template != "alpaca":  # the default's fingerprint stays what it was
+        digest.update(f"template={template}".encode())
     return digest.hexdigest()[:16]
 
 

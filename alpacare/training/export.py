@@ -55,7 +55,7 @@ tunes LLaMA-family models on MedInstruct with Stanford Alpaca's recipe.
 
 - Base model: `{base}`
 - Training data: `{data_path}`: {stats["examples"]} examples, {stats["truncated"]} truncated to {cfg.train.max_length} tokens, {stats["dropped"]} dropped (prompt alone too long), {stats["empty_outputs"]} dropped (empty output)
-- Prompt: the Stanford Alpaca template (`alpacare/prompts/alpaca.py`); the response follows `### Response:` and ends with EOS.
+- Prompt: {"the Stanford Alpaca template (`alpacare/prompts/alpaca.py`); the response follows `### Response:` and ends with EOS." if cfg.train.get("template", "alpaca") == "alpaca" else "the tokenizer's own chat template (`train.template=chat`, `alpacare/prompts/chat.py`); the response ends with its end-of-turn token."}
 
 ## Hyperparameters
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from alpacare.errors import ConfigError, first_line
+from alpacare.prompts.chat import TEMPLATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,8 @@ def trainable_parameters(model) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def save_model_dir(model, tokenizer, dest: Path, *, card: str, state_dict: Optional[dict] = None) -> Path:
+def save_model_dir(model, tokenizer, dest: Path, *, card: str, state_dict: Optional[dict] = None,
+                   extra: Optional[Any] = None) -> Path:
     """A Hugging Face model dir (weights as safetensors, tokenizer, README.md card), atomically.
 
     For a peft model this is the adapter; AutoModelForCausalLM.from_pretrained loads it on top of
@@ -363,6 +365,8 @@ def save_model_dir(model, tokenizer, dest: Path, *, card: str, state_dict: Optio
         model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        if extra is not None:  # more files in the same atomic write (the prompt template record)
+            extra(tmp)
     return dest
 
 
@@ -377,5 +381,7 @@ def save_merged_model(adapter_dir: Path, dest: Path, *, card: str, dtype=None) -
     model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype or torch.float32)
     merged = model.merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    return save_model_dir(merged, tokenizer, dest, card=card)
+    record = Path(adapter_dir) / TEMPLATE_FILE  # the merged model is prompted as the adapter was trained
+    copy_record = (lambda d: shutil.copyfile(record, d / TEMPLATE_FILE)) if record.is_file() else None
+    return save_model_dir(merged, tokenizer, dest, card=card, extra=copy_record)
 

@@ -25,6 +25,11 @@ def seeds(seed: int) -> dict[str, int]:
     return {"random_seed": seed, "numpy_random_seed": seed, "torch_random_seed": seed, "fewshot_random_seed": seed}
 
 
+def chat_args(template: str) -> dict[str, bool]:
+    """simple_evaluate's chat arguments; none for alpaca (lm-eval's defaults, the plain contexts)."""
+    return {"apply_chat_template": True, "fewshot_as_multiturn": True} if template == "chat" else {}
+
+
 def hf_lm(im: Any, batch_size: Any, max_batch_size: int):
     """The loaded model as lm-eval's ``HFLM``; tokenizer and batch size set on the wrapper."""
     from lm_eval.models.huggingface import HFLM
@@ -88,16 +93,18 @@ def task_manager(task_dir: Path, include_path: Optional[str]) -> Any:
 
 def run_lm_eval(lm: Any, tasks: list[str], task_dir: Path, include_path: Optional[str], *, limit: Optional[int],
                 seed: int, log_samples: bool, num_fewshot: Optional[int] = None,
-                fewshot: Optional[dict[str, int]] = None) -> dict[str, Any]:
+                fewshot: Optional[dict[str, int]] = None, template: str = "alpaca") -> dict[str, Any]:
     """``num_fewshot``: lm-eval's ``--num_fewshot`` (every task; lm-eval keeps a task's explicit 0).
-    ``fewshot``: shots per task, group or tag name, applied to the built tasks (``load_tasks``)."""
+    ``fewshot``: shots per task, group or tag name, applied to the built tasks (``load_tasks``).
+    ``template="chat"``: contexts go through the tokenizer's chat template, few-shot examples as
+    earlier turns (lm_eval --apply_chat_template --fewshot_as_multiturn)."""
     from lm_eval import simple_evaluate
 
     manager = task_manager(task_dir, include_path)
     try:
         built = load_tasks(manager, list(tasks), fewshot or {})
         results = simple_evaluate(model=lm, tasks=built, limit=limit, task_manager=manager, num_fewshot=num_fewshot,
-                                  log_samples=log_samples, **seeds(seed))
+                                  log_samples=log_samples, **chat_args(template), **seeds(seed))
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
         # A user task that names a missing file or a bad key fails inside lm-eval; say which.
         raise DataError(f"benchmark: lm-eval could not run {tasks} ({type(e).__name__}: {first_line(e)})") from None
