@@ -1,0 +1,115 @@
+"""Validation during training: the held-out split, val/loss every N steps and at the end (W&B
+and metrics.jsonl), the best checkpoint, resume, and the config errors. Tiny random LLaMA (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train_support import (  # noqa: F401  (fixtures)
+    RECORDS,
+    cache_dir,
+    read_stats,
+    run_train,
+    smollm_tokenizer_dir,
+    tiny_model_dir,
+    train_cfg,
+    write_records,
+)
+
+from alpacare.errors import ConfigError, DataError
+from alpacare.training.data import split_validation
+
+# LoRA dropout on: validation must not consume the random numbers that training uses.
+ARGS = ["train.lr=1e-2", "tuning.lora_dropout=0.1", "train.max_length=96", "train.max_steps=5",
+        "train.val_every_n_steps=2", "train.save_every_n_steps=1"]
+
+
+def test_split_is_by_record_content_not_by_position():
+    records = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(400)]
+    train, val = split_validation(records, 0.25, seed=7)
+    assert 60 < len(val) < 140 and len(train) + len(val) == 400
+    # A record's side does not depend on the others: a shuffled subset splits the same way.
+    subset = records[::3][::-1]
+    sub_train, sub_val = split_validation(subset, 0.25, seed=7)
+    assert sorted(r["instruction"] for r in sub_val) == sorted(r["instruction"] for r in val if r in subset)
+    assert split_validation(records, 0.25, seed=8)[1] != val  # the seed picks another split
+
+
+def test_val_loss_every_n_steps_and_at_the_end_best_checkpoint_and_same_training(tmp_path, cache_dir, tiny_model_dir):
+    from alpacare.training import models
+    from alpacare.training.data import collate_rows, response_loss, tokenize_examples
+
+    data = write_records(tmp_path / "train.json", RECORDS)
+    val = write_records(tmp_path / "val.json", RECORDS[:3])
+    plain = run_train(train_cfg(data, cache_dir, *ARGS, "tuning=full", model_dir=tiny_model_dir), tmp_path / "plain")
+    cfg = train_cfg(data, cache_dir, *ARGS, "tuning=full", f"train.val_data={val}", model_dir=tiny_model_dir)
+    out = run_train(cfg, tmp_path / "run")
+    assert out["final_loss"] == plain["final_loss"]  # validation left training untouched
+
+    rows = [json.loads(line) for line in (tmp_path / "run/train/metrics.jsonl").read_text().splitlines()]
+    val_rows = {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
+    assert sorted(val_rows) == [2, 4, 5]  # every 2 steps and the last
+    stats = read_stats(tmp_path / "run")
+    assert stats["val_examples"] == 3 and stats["best_val_loss"] == round(min(val_rows.values()), 4)
+    assert val_rows[stats["best_val_step"]] == min(val_rows.values())
+    best = torch.load(tmp_path / "run/train/checkpoints/best.ckpt", weights_only=False)
+    assert best["global_step"] == stats["best_val_step"]
+
+    # The final val/loss is the response-token mean over the whole split, recomputed on model/.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run/train/model").eval()
+    tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
+    examples, _ = tokenize_examples(RECORDS[:3], tokenizer, 96)
+    with torch.no_grad():
+        total = sum(float(response_loss(model, collate_rows([[e]], tokenizer.pad_token_id), "sum")) for e in examples)
+    tokens = sum(int((e.labels[1:] != -100).sum()) for e in examples)
+    assert val_rows[5] == pytest.approx(total / tokens, rel=1e-4)
+    assert stats["val_loss"] == pytest.approx(total / tokens, abs=1e-4)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_keeps_the_best_and_ends_the_same(tmp_path, cache_dir, tiny_model_dir, monkeypatch):
+    from alpacare.training.module import InstructionTuner
+
+    data = write_records(tmp_path / "train.json", RECORDS * 3)
+    cfg = train_cfg(data, cache_dir, *ARGS, "train.val_fraction=0.3", model_dir=tiny_model_dir)
+    straight = run_train(cfg, tmp_path / "a")
+
+    def crash_after_step_3(self, outputs, batch, batch_idx):
+        if self.trainer.global_step == 3:
+            raise Crash
+    with monkeypatch.context() as patch:
+        patch.setattr(InstructionTuner, "on_train_batch_end", crash_after_step_3, raising=False)
+        with pytest.raises(Crash):
+            run_train(cfg, tmp_path / "b")
+    resumed = run_train(cfg, tmp_path / "b")
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
+    a, b = read_stats(tmp_path / "a"), read_stats(tmp_path / "b")
+    assert b["resumed_from"].endswith("last.ckpt")
+    for key in ("val_examples", "best_val_step", "best_val_loss", "val_loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    assert a["examples"] + a["val_examples"] == a["records_in"] == len(RECORDS) * 3
+
+
+def test_validation_config_errors(tmp_path, cache_dir, tiny_model_dir):
+    from alpacare.config import validate
+    from alpacare.stages.train import check
+
+    data = write_records(tmp_path / "train.json", RECORDS)
+    with pytest.raises(ConfigError, match="train.val_fraction: and train.val_data are mutually exclusive"):
+        validate(train_cfg(data, cache_dir, "train.val_fraction=0.2", f"train.val_data={data}"))
+    with pytest.raises(ConfigError, match=r"train.val_fraction: must be in \[0, 1\)"):
+        validate(train_cfg(data, cache_dir, "train.val_fraction=1.0"))
+    with pytest.raises(DataError, match="train.val_data=.*nope.json: no such file"):
+        check(train_cfg(data, cache_dir, f"train.val_data={tmp_path / 'nope.json'}"))
+    with pytest.raises(ConfigError, match="train.val_fraction=0.001: holds out 0 of the 8 records"):
+        run_train(train_cfg(data, cache_dir, "train.val_fraction=0.001", model_dir=tiny_model_dir), tmp_path / "run")
+    assert not (tmp_path / "run/train/checkpoints").exists()
