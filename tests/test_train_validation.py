@@ -113,3 +113,62 @@ def test_validation_config_errors(tmp_path, cache_dir, tiny_model_dir):
     with pytest.raises(ConfigError, match="train.val_fraction=0.001: holds out 0 of the 8 records"):
         run_train(train_cfg(data, cache_dir, "train.val_fraction=0.001", model_dir=tiny_model_dir), tmp_path / "run")
     assert not (tmp_path / "run/train/checkpoints").exists()
+
+
+def _wandb_records(log: Path) -> list[bytes]:
+    """The protobuf records of an offline .wandb file (a LevelDB-style log: a 7-byte file header,
+    32 KiB blocks, each chunk behind a 7-byte header: crc32, length, type FULL/FIRST/MIDDLE/LAST).
+    wandb >= 0.2x no longer ships its Python reader (wandb.sdk.internal.datastore)."""
+    import struct
+
+    raw, block, records, pending = log.read_bytes(), 32768, [], b""
+    pos = 7
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # the block's tail is too short for a header: padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += block - pos % block
+            continue
+        chunk, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            records.append(pending)
+    return records
+
+
+def _wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows of the stage's offline W&B run, read back from its .wandb file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    import time
+
+    (log,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")
+    # wandb's service process may still be writing after finish() returns: read until the exit record.
+    for _ in range(50):
+        records = [pb.Record.FromString(data) for data in _wandb_records(log)]
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.2)
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
+def test_val_loss_reaches_the_offline_wandb_run_with_its_step(tmp_path, cache_dir, tiny_model_dir):
+    data = write_records(tmp_path / "train.json", RECORDS)
+    val = write_records(tmp_path / "val.json", RECORDS[:2])
+    cfg = train_cfg(data, cache_dir, *ARGS, f"train.val_data={val}", "logger=wandb", "logger.mode=offline",
+                    model_dir=tiny_model_dir)
+    run_train(cfg, tmp_path / "run")
+    history = _wandb_history(tmp_path / "run")
+    logged = {r["trainer/global_step"]: r["val/loss"] for r in history if "val/loss" in r}
+    rows = [json.loads(line) for line in (tmp_path / "run/train/metrics.jsonl").read_text().splitlines()]
+    in_file = {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
+    assert sorted(in_file) == [2, 4, 5]
+    # Lightning labels the row of optimizer step s with trainer/global_step s - 1.
+    assert {s + 1: round(v, 6) for s, v in logged.items()} == pytest.approx(in_file, abs=2e-6), history
