@@ -302,6 +302,11 @@ class TrainConfig:
     # Loss on the held-out split every N optimizer steps and at the last step (when validation is on).
     # 50 = save_every_n_steps, so each saved checkpoint has its validation loss.
     val_every_n_steps: int = 50
+    # Instructions the model answers at each validation (greedy, Alpaca template), logged as the W&B
+    # table val/samples (step, prompt, output). Empty = off. Needs validation on.
+    sample_prompts: List[str] = field(default_factory=list)
+    # New tokens per sample answer: small, so a validation stays a few seconds on CPU.
+    sample_max_new_tokens: int = 32
 
 
 @dataclass
@@ -545,6 +550,9 @@ def validate(cfg: Any) -> None:
     _check(not (cfg.train.val_fraction and cfg.train.val_data), "train.val_fraction",
            "and train.val_data are mutually exclusive: hold out a share of train.data or name a file, not both")
     _check(cfg.train.val_every_n_steps > 0, "train.val_every_n_steps", "must be positive")
+    _check(not cfg.train.sample_prompts or bool(cfg.train.val_fraction or cfg.train.val_data), "train.sample_prompts",
+           "are generated at each validation: set train.val_fraction or train.val_data too")
+    _check(cfg.train.sample_max_new_tokens > 0, "train.sample_max_new_tokens", "must be positive")
     _check(cfg.train.resume in ("auto", "never") or bool(cfg.train.resume), "train.resume", "must be auto, never or a checkpoint path")
     _check(cfg.judge.limit is None or cfg.judge.limit > 0, "judge.limit", "must be positive")
     _check(cfg.judge.max_tokens is None or cfg.judge.max_tokens > 0, "judge.max_tokens", "must be positive")

@@ -172,3 +172,21 @@ def test_val_loss_reaches_the_offline_wandb_run_with_its_step(tmp_path, cache_di
     assert sorted(in_file) == [2, 4, 5]
     # Lightning labels the row of optimizer step s with trainer/global_step s - 1.
     assert {s + 1: round(v, 6) for s, v in logged.items()} == pytest.approx(in_file, abs=2e-6), history
+
+
+def test_sample_answers_are_logged_as_a_wandb_table_without_changing_training(tmp_path, cache_dir, tiny_model_dir):
+    data = write_records(tmp_path / "train.json", RECORDS)
+    val = write_records(tmp_path / "val.json", RECORDS[:2])
+    common = [*ARGS, f"train.val_data={val}", "logger=wandb", "logger.mode=offline", "train.sample_max_new_tokens=4"]
+    plain = run_train(train_cfg(data, cache_dir, *common, model_dir=tiny_model_dir), tmp_path / "plain")
+    out = run_train(train_cfg(data, cache_dir, *common, "train.sample_prompts=[What does HbA1c measure?]",
+                              model_dir=tiny_model_dir), tmp_path / "run")
+    assert out["final_loss"] == plain["final_loss"]
+    tables = list((tmp_path / "run/wandb").glob("offline-run-*/files/media/table/val/samples_*.table.json"))
+    last = max((json.loads(t.read_text()) for t in tables), key=lambda t: len(t["data"]))
+    assert last["columns"] == ["step", "prompt", "output"]
+    assert [row[:2] for row in last["data"]] == [[s, "What does HbA1c measure?"] for s in (2, 4, 5)]
+    assert all(isinstance(row[2], str) for row in last["data"])
+    from alpacare.config import validate
+    with pytest.raises(ConfigError, match="train.sample_prompts: are generated at each validation"):
+        validate(train_cfg(data, cache_dir, "train.sample_prompts=[hi]"))

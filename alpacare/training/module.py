@@ -266,8 +266,14 @@ class Validation(L.Callback):
     state, which last.ckpt carries, so a resumed run keeps them.
     """
 
-    def __init__(self, examples, *, every_n_steps: int, micro_batch_size: int, pad_token_id: int, best_path) -> None:
+    def __init__(self, examples, *, every_n_steps: int, micro_batch_size: int, pad_token_id: int, best_path,
+                 tokenizer=None, sample_prompts: tuple[str, ...] = (), sample_max_new_tokens: int = 32) -> None:
         self.examples = examples
+        # Sample answers (train.sample_prompts): one W&B table row per prompt and validation.
+        self.tokenizer = tokenizer
+        self.sample_prompts = list(sample_prompts)
+        self.sample_max_new_tokens = sample_max_new_tokens
+        self.sample_rows: list[list] = []
         self.every_n_steps = every_n_steps
         self.micro_batch_size = micro_batch_size
         self.pad_token_id = pad_token_id
@@ -295,6 +301,31 @@ class Validation(L.Callback):
         if self.best_loss is None or loss < self.best_loss:
             self.best_loss, self.best_step = loss, step
             trainer.save_checkpoint(self.best_path, weights_only=False)
+        if self.sample_prompts:
+            self.log_samples(trainer, pl_module, step)
+
+    @torch.no_grad()
+    def log_samples(self, trainer, pl_module, step: int) -> None:
+        """Greedy answers to the fixed prompts, with the predict stage's generation helper (batch 1:
+        no padding side to set on the training tokenizer). Every rank generates (FSDP needs all of
+        them in each forward); rank 0's logger writes the table, all rows so far (W&B tables are
+        immutable once logged)."""
+        from alpacare.evaluation.inference import Decoding, InferenceModel, generate
+        from alpacare.prompts.alpaca import format_prompt
+
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            im = InferenceModel(model=model, tokenizer=self.tokenizer, source="train", name="train",
+                                device=str(pl_module.device), dtype=str(next(model.parameters()).dtype), adapter=False)
+            prompts = [format_prompt(p) for p in self.sample_prompts]
+            outputs = generate(im, prompts, Decoding(max_new_tokens=self.sample_max_new_tokens), batch_size=1)
+        finally:
+            model.train(was_training)
+        self.sample_rows += [[step, p, g.text] for p, g in zip(self.sample_prompts, outputs)]
+        if trainer.is_global_zero and trainer.logger and hasattr(trainer.logger, "log_table"):
+            trainer.logger.log_table("val/samples", columns=["step", "prompt", "output"], data=list(self.sample_rows))
 
     def _batches(self, rank: int, world: int) -> list[tuple[list, float]]:
         """This rank's micro-batches of the split (rows rank, rank+world, ...), as many on every
