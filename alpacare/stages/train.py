@@ -44,15 +44,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from alpacare.errors import ConfigError
+from alpacare.errors import ConfigError, DataError
 from alpacare.prompts.alpaca import alpaca_chat_template
 from alpacare.prompts.chat import require_chat_template, stop_token_ids, write_template
 from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_METRICS, TRAIN_SET, StageContext
 from alpacare.training import models
-from alpacare.training.data import data_digest, data_fingerprint, load_training_records, tokenize_examples
+from alpacare.training.data import data_digest, data_fingerprint, load_training_records, split_validation, tokenize_examples
 from alpacare.training.export import full_state_dict, model_card
 from alpacare.training.metrics_log import MetricsFile
-from alpacare.training.module import InstructionTuner, ThroughputStats
+from alpacare.training.module import InstructionTuner, ThroughputStats, Validation
 from alpacare.training.preemption import PreemptionCheckpoint, in_slurm_job
 from alpacare.training.trainer import (
     build_logger,
@@ -65,6 +65,8 @@ from alpacare.training.trainer import (
 )
 
 log = logging.getLogger(__name__)
+
+BEST_CHECKPOINT = "best.ckpt"  # in train/checkpoints/: the step with the lowest validation loss
 
 
 def settings(cfg: DictConfig, data_path: Path, lr: float) -> dict[str, Any]:
@@ -87,7 +89,28 @@ def settings(cfg: DictConfig, data_path: Path, lr: float) -> dict[str, Any]:
                                           "group_by_length", "packing", "seed")},
         **({"train.template": tr.template} if tr.template != "alpaca" else {}),
         "trainer.precision": str(cfg.trainer.precision),
+        # Only when on, so checkpoints from before validation existed still resume.
+        **({"train.val_fraction": tr.val_fraction} if tr.val_fraction else {}),
     }
+
+
+def check(cfg: Any) -> None:
+    if cfg.train.val_data and not Path(str(cfg.train.val_data)).expanduser().is_file():
+        raise DataError(f"train.val_data={cfg.train.val_data}: no such file")
+
+
+def validation_records(cfg: DictConfig, records: list, data_path: Path) -> tuple[list, list]:
+    """(training records, held-out records): ``train.val_fraction`` of train.data held out, or
+    ``train.val_data`` read whole; ([all], []) with validation off."""
+    if cfg.train.val_data:
+        return records, load_training_records(Path(str(cfg.train.val_data)).expanduser(), cfg.train.template)
+    if not cfg.train.val_fraction:
+        return records, []
+    train, val = split_validation(records, cfg.train.val_fraction, cfg.train.seed)
+    if not val or not train:
+        raise ConfigError(f"train.val_fraction={cfg.train.val_fraction}: holds out {len(val)} of the "
+                          f"{len(records)} records in {data_path}; choose a fraction that leaves both splits non-empty")
+    return train, val
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -100,11 +123,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # 1. Data: Alpaca records -> tokenized examples with response-only labels.
     template = cfg.train.template
-    records = load_training_records(data_path, template)
+    records, val_records = validation_records(cfg, load_training_records(data_path, template), data_path)
     tokenizer = models.load_tokenizer(cfg.model, cfg.cache_dir)
     if template == "chat":
         require_chat_template(tokenizer, "train.template")
     examples, data_stats = tokenize_examples(records, tokenizer, cfg.train.max_length, template)
+    # The held-out records go through the same tokenization as the training ones.
+    val_examples = tokenize_examples(val_records, tokenizer, cfg.train.max_length, template)[0] if val_records else []
+    if val_records and not val_examples:
+        raise ConfigError(f"train.max_length={cfg.train.max_length}: every validation prompt is longer; nothing to validate on")
     if not examples:
         raise ConfigError(f"train.max_length={cfg.train.max_length}: every prompt in {data_path} is longer; nothing to train on")
     log.info("train: %d examples (%d truncated, %d dropped: prompt too long, %d dropped: empty output), %d tokens",
@@ -142,7 +169,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     throughput = ThroughputStats()
     logger = build_logger(ctx.tracker.run)
     accumulate = gradient_accumulation(cfg.train, world_size)
-    callbacks = [checkpoints, throughput, MetricsFile(TRAIN_METRICS.path(ctx.run_dir))]
+    validation = None
+    if val_examples:  # before MetricsFile: its step line carries the loss computed at that step
+        validation = Validation(val_examples, every_n_steps=cfg.train.val_every_n_steps,
+                                micro_batch_size=cfg.train.micro_batch_size, pad_token_id=tokenizer.pad_token_id,
+                                best_path=checkpoint_dir / BEST_CHECKPOINT, tokenizer=tokenizer,
+                                sample_prompts=tuple(cfg.train.sample_prompts),
+                                sample_max_new_tokens=cfg.train.sample_max_new_tokens)
+    callbacks = [checkpoints, throughput, *([validation] if validation else []),
+                 MetricsFile(TRAIN_METRICS.path(ctx.run_dir), validation=validation)]
     if in_slurm_job():  # time limit or preemption: checkpoint at the step's end, then requeue (preemption.py)
         callbacks.append(PreemptionCheckpoint(checkpoint_dir / "last.ckpt"))
     trainer = build_trainer(cfg, model, root_dir=ctx.dir, accumulate=accumulate, callbacks=callbacks, logger=logger)
@@ -204,7 +239,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "train_seconds": round(throughput.wall_s, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "resumed_from": resume_from,
-        "records_in": len(records),
+        "records_in": len(records) + (len(val_records) if cfg.train.val_fraction else 0),
+        # Validation (train.val_fraction / val_data): the lowest held-out loss, its optimizer step,
+        # and train/checkpoints/best.ckpt holding that step; model/ is always the final step.
+        **({"val_examples": len(val_examples), "val_loss": round(validation.last["val/loss"], 4),
+            "best_val_loss": round(validation.best_loss, 4), "best_val_step": validation.best_step,
+            "best_checkpoint": str(checkpoint_dir / BEST_CHECKPOINT)}
+           if validation is not None and validation.last else {}),
         # How many processes trained (tokens and tokens_per_s above count all of them).
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,

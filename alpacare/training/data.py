@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,20 @@ def chat_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     if "messages" in record:
         return record["messages"][:-1]
     return [{"role": "user", "content": user_content(record["instruction"], record.get("input"))}]
+
+
+def split_validation(records: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out) records: a record is held out when the hash of (seed, its content) falls
+    below ``fraction``, so its side never depends on the other records or their order (adding data
+    reshuffles nothing; identical records land together)."""
+    def held_out(record: dict[str, Any]) -> bool:
+        text = json.dumps([seed, record], sort_keys=True, ensure_ascii=False)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") < fraction * 2**64
+
+    train, val = [], []
+    for record in records:
+        (val if held_out(record) else train).append(record)
+    return train, val
 
 
 @dataclass

@@ -4,20 +4,23 @@ The report plots the loss curve from this file: it needs no W&B run to parse and
 ``logger=none``. One line per optimizer step, rank 0 only: ``{"step", "train/loss", "train/lr",
 "train/tokens_per_s", ...}`` (whatever ``train/*`` scalars Lightning holds at that step). Appended
 and fsync'd like the other work logs, so a resumed run continues the same file; readers keep the
-last line per step.
+last line per step. With validation on (train.val_fraction / train.val_data), the line of a step
+that validated also has ``val/loss`` (``validation`` is the Validation callback, listed before
+this one so its hook runs first at the same step).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as L
 
 
 class MetricsFile(L.Callback):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, validation: Optional[Any] = None) -> None:
         self.path = Path(path)
+        self.validation = validation
         self._log = None
         self._last_step = -1
 
@@ -39,6 +42,9 @@ class MetricsFile(L.Callback):
                     row[key] = round(float(value), 6)
                 except (TypeError, ValueError):
                     continue
+        last = self.validation.last if self.validation is not None else None
+        if last and last["step"] == trainer.global_step:
+            row["val/loss"] = round(last["val/loss"], 6)
         self._log.append(row)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -252,3 +252,114 @@ class ThroughputStats(L.Callback):
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.busy_s if self.busy_s else 0.0
+
+
+class Validation(L.Callback):
+    """Loss on a held-out split every ``every_n_steps`` optimizer steps and at the last step.
+
+    The value is ``response_loss`` (the training loss) as one mean over every response token of
+    the whole split: each rank sums its share (every rank runs the same number of forwards, so
+    FSDP's collectives line up) and the sums and token counts are all-reduced, so all ranks hold
+    the same number. No grad, model in eval mode (no dropout), then back in train mode; it draws
+    no random numbers, so a run with validation trains exactly as one without. A new best writes
+    ``best_path`` (a full Lightning checkpoint); the best loss and step live in this callback's
+    state, which last.ckpt carries, so a resumed run keeps them.
+    """
+
+    def __init__(self, examples, *, every_n_steps: int, micro_batch_size: int, pad_token_id: int, best_path,
+                 tokenizer=None, sample_prompts: tuple[str, ...] = (), sample_max_new_tokens: int = 32) -> None:
+        self.examples = examples
+        # Sample answers (train.sample_prompts): one W&B table row per prompt and validation.
+        self.tokenizer = tokenizer
+        self.sample_prompts = list(sample_prompts)
+        self.sample_max_new_tokens = sample_max_new_tokens
+        self.sample_rows: list[list] = []
+        self.every_n_steps = every_n_steps
+        self.micro_batch_size = micro_batch_size
+        self.pad_token_id = pad_token_id
+        self.best_path = best_path
+        self.best_loss: Optional[float] = None
+        self.best_step: Optional[int] = None
+        self.last: Optional[dict[str, float]] = None  # {"step", "val/loss"} of the latest validation
+        self._last_step = -1
+        self._final_step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        self._final_step = pl_module.total_optimizer_steps()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step:
+            return  # not the micro-batch that completed an optimizer step
+        self._last_step = step
+        if step % self.every_n_steps and step != self._final_step:
+            return
+        loss = self.loss(trainer, pl_module)
+        self.last = {"step": step, "val/loss": loss}
+        pl_module.log("val/loss", loss, rank_zero_only=False, sync_dist=False)
+        if self.best_loss is None or loss < self.best_loss:
+            self.best_loss, self.best_step = loss, step
+            trainer.save_checkpoint(self.best_path, weights_only=False)
+        if self.sample_prompts:
+            self.log_samples(trainer, pl_module, step)
+
+    @torch.no_grad()
+    def log_samples(self, trainer, pl_module, step: int) -> None:
+        """Greedy answers to the fixed prompts, with the predict stage's generation helper (batch 1:
+        no padding side to set on the training tokenizer). Every rank generates (FSDP needs all of
+        them in each forward); rank 0's logger writes the table, all rows so far (W&B tables are
+        immutable once logged)."""
+        from alpacare.evaluation.inference import Decoding, InferenceModel, generate
+        from alpacare.prompts.alpaca import format_prompt
+
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            im = InferenceModel(model=model, tokenizer=self.tokenizer, source="train", name="train",
+                                device=str(pl_module.device), dtype=str(next(model.parameters()).dtype), adapter=False)
+            prompts = [format_prompt(p) for p in self.sample_prompts]
+            outputs = generate(im, prompts, Decoding(max_new_tokens=self.sample_max_new_tokens), batch_size=1)
+        finally:
+            model.train(was_training)
+        self.sample_rows += [[step, p, g.text] for p, g in zip(self.sample_prompts, outputs)]
+        if trainer.is_global_zero and trainer.logger and hasattr(trainer.logger, "log_table"):
+            trainer.logger.log_table("val/samples", columns=["step", "prompt", "output"], data=list(self.sample_rows))
+
+    def _batches(self, rank: int, world: int) -> list[tuple[list, float]]:
+        """This rank's micro-batches of the split (rows rank, rank+world, ...), as many on every
+        rank; a rank short of rows repeats the first example with weight 0."""
+        shard = self.examples[rank::world]
+        per_rank = math.ceil(math.ceil(len(self.examples) / world) / self.micro_batch_size)
+        out = []
+        for i in range(per_rank):
+            rows = shard[i * self.micro_batch_size:(i + 1) * self.micro_batch_size]
+            out.append((rows, 1.0) if rows else ([self.examples[0]], 0.0))
+        return out
+
+    @torch.no_grad()
+    def loss(self, trainer, pl_module) -> float:
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            total = torch.zeros(2, dtype=torch.float64, device=pl_module.device)  # loss sum, tokens
+            for rows, weight in self._batches(trainer.global_rank, trainer.world_size):
+                batch = collate_rows([[e] for e in rows], pad_token_id=self.pad_token_id)
+                batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                total[0] += weight * float(response_loss(model, batch, reduction="sum"))
+                total[1] += weight * learned
+            if trainer.world_size > 1:
+                total = trainer.strategy.reduce(total, reduce_op="sum")
+            return float(total[0] / total[1].clamp(min=1))
+        finally:
+            model.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_loss = state_dict.get("best_loss")
+        self.best_step = state_dict.get("best_step")
