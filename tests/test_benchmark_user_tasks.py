@@ -140,3 +140,33 @@ def test_shots_per_group_limit_samples_and_shipped_tasks_equal_the_lm_eval_cli(t
     user_tasks(both / "user", {"my_task": 3, "my_task2": 2, "my_task3": 1})
     theirs = _lm_eval_cli(tiny_model_dir, ["alpacare_smoke_mcq", "my_group", "my_task"], [both], tmp_path, "--limit", "4")
     _assert_same(ours, theirs, ["alpacare_smoke_mcq", "my_group", "my_task2", "my_task3", "my_task"])
+
+
+def test_bootstrap_stderr_runs_in_process_not_in_a_forked_pool(tmp_path, tiny_model_dir, monkeypatch):
+    """lm-eval bootstraps nanmean's stderr in a forked multiprocessing.Pool unless DISABLE_MULTIPROC
+    is set; a fork of this threaded process (W&B, tqdm, torch) hung the default run's benchmark
+    stage in Pool.terminate. The runner runs it in process, and leaves the environment as it was."""
+    import multiprocessing
+    import os
+
+    from alpacare.evaluation.benchmarks import runner, tasks_index
+    from alpacare.stages.benchmark import build_lm
+    from tests.test_train_support import compose
+
+    user = user_tasks(tmp_path / "u")
+    (user / "my_nanmean.yaml").write_text((user / "my_task.yaml").read_text()
+                                          .replace("task: my_task", "task: my_nanmean")
+                                          .replace("aggregation: mean", "aggregation: nanmean"))
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("lm-eval forked a multiprocessing.Pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_fork)
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    task_dir = tasks_index.prepare_task_dir(tmp_path / "tasks", tmp_path / "data", {})
+    lm, _ = build_lm(compose(["benchmark.device=cpu", "benchmark.batch_size=1"]).benchmark, str(tiny_model_dir),
+                     tmp_path / "merged")
+    results = runner.run_lm_eval(lm, ["my_nanmean"], task_dir, str(user), limit=3, seed=1234, log_samples=False,
+                                 num_fewshot=0)
+    assert results["results"]["my_nanmean"]["acc_stderr,none"] is not None
+    assert "DISABLE_MULTIPROC" not in os.environ

@@ -11,9 +11,11 @@ shipped tasks get theirs written into their YAMLs instead (tasks_index.prepare_t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from alpacare.errors import ConfigError, DataError, first_line
 
@@ -91,6 +93,24 @@ def task_manager(task_dir: Path, include_path: Optional[str]) -> Any:
         raise ConfigError(f"benchmark.include_path={include_path}: cannot read its task YAMLs ({first_line(e)})") from None
 
 
+@contextlib.contextmanager
+def bootstrap_in_process() -> Iterator[None]:
+    """lm-eval's bootstrap stderr (nanmean, f1, bleu, ... metrics) forks a ``multiprocessing.Pool``
+    unless ``DISABLE_MULTIPROC`` is set. Forking this process, which runs W&B, tqdm and torch
+    threads, can copy a lock mid-hold: a forked worker then waits forever and so does the pool's
+    join (seen: the default run's benchmark stage stuck in ``Pool.terminate`` for 25+ minutes).
+    The in-process path draws as many resamples, without a fork."""
+    previous = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = previous
+
+
 def run_lm_eval(lm: Any, tasks: list[str], task_dir: Path, include_path: Optional[str], *, limit: Optional[int],
                 seed: int, log_samples: bool, num_fewshot: Optional[int] = None,
                 fewshot: Optional[dict[str, int]] = None, template: str = "alpaca") -> dict[str, Any]:
@@ -103,8 +123,9 @@ def run_lm_eval(lm: Any, tasks: list[str], task_dir: Path, include_path: Optiona
     manager = task_manager(task_dir, include_path)
     try:
         built = load_tasks(manager, list(tasks), fewshot or {})
-        results = simple_evaluate(model=lm, tasks=built, limit=limit, task_manager=manager, num_fewshot=num_fewshot,
-                                  log_samples=log_samples, **chat_args(template), **seeds(seed))
+        with bootstrap_in_process():
+            results = simple_evaluate(model=lm, tasks=built, limit=limit, task_manager=manager, num_fewshot=num_fewshot,
+                                      log_samples=log_samples, **chat_args(template), **seeds(seed))
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
         # A user task that names a missing file or a bad key fails inside lm-eval; say which.
         raise DataError(f"benchmark: lm-eval could not run {tasks} ({type(e).__name__}: {first_line(e)})") from None
