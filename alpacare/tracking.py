@@ -117,8 +117,36 @@ class Tracker:
 
             self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
+    def log_artifact(self, name: str, kind: str, *paths: Path) -> None:
+        """``paths`` (files, or a directory) as a version of the artifact ``name``, this stage's output."""
+        if self.run is not None:
+            self.run.log_artifact(_artifact(name, kind, paths))
+
+    def use_artifact(self, name: str, kind: str, *paths: Path) -> None:
+        """``path`` as this stage's input: the version another stage logged from the same content
+        (W&B versions by digest), so the runs chain dataset -> model -> predictions -> evaluation.
+
+        ``Run.use_artifact`` refuses offline runs (wandb 0.19-0.31: "Cannot use artifact when in
+        offline mode"); for a draft artifact it logs it with ``use_after_commit``, which is what this
+        does directly, and which ``wandb sync`` uploads as the use."""
+        if self.run is not None:
+            self.run._log_artifact(_artifact(name, kind, paths), use_after_commit=True)
+
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
 
+
+def _artifact(name: str, kind: str, paths: tuple[Path, ...]):
+    """A file is copied into the artifact (data, predictions, verdicts: small); a directory (a model:
+    gigabytes of weights) is a checksummed ``file://`` reference, never copied into ``wandb/``."""
+    import wandb
+
+    artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", name), type=kind)
+    for path in (Path(p).resolve() for p in paths):
+        if path.is_dir():
+            artifact.add_reference(path.as_uri())
+        else:
+            artifact.add_file(str(path), name=path.name)
+    return artifact

@@ -43,21 +43,27 @@ class Artifact:
 
     stage: str
     name: str
+    # The W&B artifact type it is logged as (lineage: dataset -> model -> predictions -> evaluation);
+    # None: not logged.
+    wandb_type: Optional[str] = None
 
     def path(self, run_dir: Path, **fields: str) -> Path:
         return Path(run_dir) / self.stage / self.name.format(**fields)
+
+    def wandb_name(self, **fields: str) -> str:
+        return f"{self.stage}-{self.name.format(**fields)}"
 
 
 # Every artifact another stage (or a user) reads, declared once.
 INSTRUCTIONS = Artifact("instructions", "instructions.jsonl")
 KEPT = Artifact("dedup", "kept.jsonl")
 CONTAMINATED = Artifact("dedup", "contaminated.jsonl")
-TRAIN_SET = Artifact("responses", "train.json")
-MODEL = Artifact("train", "model")
+TRAIN_SET = Artifact("responses", "train.json", wandb_type="dataset")
+MODEL = Artifact("train", "model", wandb_type="model")
 TRAIN_METRICS = Artifact("train", "metrics.jsonl")
 MERGED_MODEL = Artifact("train", "model_merged")
-PREDICTIONS = Artifact("predict", "{test_set}.jsonl")
-VERDICTS = Artifact("judge", "verdicts.jsonl")
+PREDICTIONS = Artifact("predict", "{test_set}.jsonl", wandb_type="predictions")
+VERDICTS = Artifact("judge", "verdicts.jsonl", wandb_type="evaluation")
 WIN_RATES = Artifact("judge", STATS_FILE)
 BENCHMARK_RESULTS = Artifact("benchmark", "results.json")
 REPORT = Artifact("report", "report.md")
@@ -247,6 +253,14 @@ class StageContext:
             raise DataError(f"{self.stage}: no model ({path} does not exist); run the train stage first "
                             f"or set {inp.override}=DIR_OR_HF_ID")
         return str(path)
+
+    def log_artifact(self, artifact: Artifact, *also: Path, **fields: str) -> None:
+        """W&B: this stage's ``artifact`` (plus files ``also``) as a new version, when it changed."""
+        self.tracker.log_artifact(artifact.wandb_name(**fields), artifact.wandb_type, artifact.path(self.run_dir, **fields), *also)
+
+    def use_artifact(self, artifact: Artifact, path: Path, **fields: str) -> None:
+        """W&B: ``path`` (this run's ``artifact`` or the explicit file read instead) as this stage's input."""
+        self.tracker.use_artifact(artifact.wandb_name(**fields), artifact.wandb_type, path)
 
     def endpoint(self, role: str) -> "LLMClient":
         if role not in self.spec.endpoints:

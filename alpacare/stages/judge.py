@@ -33,7 +33,7 @@ from alpacare.errors import ConfigError, DataError
 from alpacare.llm.client import BATCH_LOG, Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
 from alpacare.report.plots import win_rate_chart
 from alpacare.prompts import judge as judge_prompt
-from alpacare.stages import PREDICTIONS, VERDICTS, StageContext
+from alpacare.stages import PREDICTIONS, VERDICTS, WIN_RATES, StageContext
 from alpacare.evaluation.winrates import LC_MODEL, ItemVerdicts, dropped, win_rate_row
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for test_set in _test_sets(ctx.cfg):
         path = ctx.input_path(PREDICTIONS, test_set=test_set)
         predictions = load_predictions(path, test_set, ctx.cfg.cache_dir, cfg.limit)
+        ctx.use_artifact(PREDICTIONS, path, test_set=test_set)
         for ref in cfg.references:
             if ref not in EVAL_SETS[test_set].references:
                 skipped.append(f"{test_set}/{ref}")
@@ -254,6 +255,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     ctx.write_stats(stats)
     _log_to_wandb(ctx, rows, chart, samples)
+    ctx.log_artifact(VERDICTS, WIN_RATES.path(ctx.run_dir))
     headline = {f"{r['test_set']}/{r['reference']}": r["win_rate"] for r in rows}
     return {"pairs": len(judged), "unparsed": sum(r["n_unparsed"] for r in rows), **headline,
             **({"note": "weak local judge"} if cfg.launch_local else {})}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -128,6 +129,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                      **decoding.__dict__},
     }
     ctx.write_stats(stats)
+    if Path(source).is_dir():  # a hub id is no local artifact
+        ctx.use_artifact(MODEL, Path(source))
+    for name in per_set:
+        ctx.log_artifact(PREDICTIONS, test_set=name)
     ctx.tracker.log({f"predict/{name}/{k}": v for name, s in per_set.items() for k, v in s.items() if v is not None})
     return {"items": stats["items"], "generated": stats["generated"], "generator": generator,
             **{f"{name}_stopped_at_max": s["stopped_at_max_new_tokens"] for name, s in per_set.items()}}

@@ -126,4 +126,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_json_atomic(TRAIN_SET.path(ctx.run_dir), examples)
     ctx.write_stats(stats)
     ctx.tracker.log({f"responses/{k}": v for k, v in stats.items()})
+    ctx.log_artifact(TRAIN_SET)
     return {k: stats[k] for k in ("instructions", "answered", "failed", "truncated_excluded", "completion_tokens", "cost_usd")}

@@ -270,6 +270,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                      dtype=models.frozen_base_dtype(cfg.tuning.method, str(cfg.trainer.precision)))
         ctx.write_stats(stats)
         ctx.tracker.summary({f"train/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+        ctx.use_artifact(TRAIN_SET, data_path)
+        ctx.log_artifact(MODEL)
     trainer.strategy.barrier()
 
     return {
