@@ -327,7 +327,7 @@ class TrainConfig:
     # Loss on the held-out split every N optimizer steps and at the last step (when validation is on).
     # 50 = save_every_n_steps, so each saved checkpoint has its validation loss.
     val_every_n_steps: int = 50
-    # Instructions the model answers at each validation (greedy, Alpaca template), logged as the W&B
+    # Instructions the model answers at each validation (greedy, in train.template), logged as the W&B
     # table val/samples (step, prompt, output). Empty = off. Needs validation on.
     sample_prompts: List[str] = field(default_factory=list)
     # New tokens per sample answer: small, so a validation stays a few seconds on CPU.

@@ -175,7 +175,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                 micro_batch_size=cfg.train.micro_batch_size, pad_token_id=tokenizer.pad_token_id,
                                 best_path=checkpoint_dir / BEST_CHECKPOINT, tokenizer=tokenizer,
                                 sample_prompts=tuple(cfg.train.sample_prompts),
-                                sample_max_new_tokens=cfg.train.sample_max_new_tokens)
+                                sample_max_new_tokens=cfg.train.sample_max_new_tokens, template=template)
     callbacks = [checkpoints, throughput, *([validation] if validation else []),
                  MetricsFile(TRAIN_METRICS.path(ctx.run_dir), validation=validation)]
     if in_slurm_job():  # time limit or preemption: checkpoint at the step's end, then requeue (preemption.py)

@@ -28,7 +28,19 @@ def full_state_dict(trainer: L.Trainer, model) -> Optional[dict]:
     on_gpu = any(p.is_cuda for p in root.parameters())
     full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=on_gpu))
     prefix = next(name for name, child in trainer.lightning_module.named_children() if child is model) + "."
-    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    return retie(weights, model)
+
+
+def retie(weights: dict, model) -> dict:
+    """Gathered, a tied parameter (input embeddings = output layer) comes back as two copies; make
+    them one tensor again, so ``save_pretrained`` writes it once, as it does for the model itself."""
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(param), name)
+        if owner != name and owner in weights and name in weights:
+            weights[name] = weights[owner]
+    return weights
 
 
 def model_card(cfg: DictConfig, *, base: str, data_path: Path, stats: dict[str, Any], hparams: dict[str, Any], merged: bool) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional
 
 from alpacare.errors import ConfigError, first_line
 from alpacare.prompts.chat import TEMPLATE_FILE
+from alpacare.tracking import process_rank
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,12 @@ def load_model(
         if fsdp:  # FSDP flattens each wrapped unit into one tensor: every param needs one dtype
             kwargs["dtype"] = getattr(torch, tuning_cfg.bnb_4bit_compute_dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if fsdp and tuning_cfg.method == "full" and process_rank() != 0:
+            # One host copy of the weights per job, not one per rank: rank 0's arrive in this rank's
+            # shards when FSDP wraps the model (alpacare/training/fsdp.py).
+            model = empty_model(path, kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.path={model_cfg.path}: cannot load the model ({first_line(e)})") from None
 
@@ -281,11 +287,25 @@ def load_model(
     return model
 
 
+def empty_model(path: Path | str, kwargs: dict[str, Any]):
+    """The model's structure with its parameters on the meta device (no memory, no values) and its
+    buffers computed on the CPU (rotary frequencies are not in the weights that rank 0 sends)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"])
+    model.tie_weights()  # as from_pretrained does: FSDP must see the same parameters on every rank
+    return model
+
+
 def match_tokenizer(model, tokenizer) -> None:
     """Grow the embeddings for added tokens (new rows = mean of the old, like Alpaca's
-    smart_tokenizer_and_embedding_resize) and record the pad token for generation."""
+    smart_tokenizer_and_embedding_resize; a model on the meta device has no values to average)
+    and record the pad token for generation."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=not model.get_input_embeddings().weight.is_meta)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -33,6 +33,7 @@ from alpacare.training.data import (
     response_loss,
     step_loss,
 )
+from alpacare.training import fsdp
 from alpacare.training.trainer import peak_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,22 @@ class InstructionTuner(L.LightningModule):
                          self.trainer.world_size if "step_tokens" in batch else 1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Before clipping, like the grad_norm HF Trainer logs.
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Logs the total gradient norm before clipping (as HF Trainer's grad_norm), then clips.
+
+        Under FSDP both go through the root's ``clip_grad_norm_``: each rank holds a shard of the
+        gradients, so a per-rank norm (Lightning's clipping, ``grad_norm``) would be wrong, which is
+        why Lightning's FSDP precision refuses norm clipping outright."""
+        root = fsdp.fsdp_root(self.trainer)
+        if root is not None and gradient_clip_algorithm in (None, "norm"):
+            self.log("train/grad_norm", fsdp.clip_grad_norm(root, gradient_clip_val).float())
+            return
         norms = grad_norm(self.model, norm_type=2)
         if norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def configure_optimizers(self):
         from transformers import get_scheduler
@@ -267,10 +279,13 @@ class Validation(L.Callback):
     """
 
     def __init__(self, examples, *, every_n_steps: int, micro_batch_size: int, pad_token_id: int, best_path,
-                 tokenizer=None, sample_prompts: tuple[str, ...] = (), sample_max_new_tokens: int = 32) -> None:
+                 tokenizer=None, sample_prompts: tuple[str, ...] = (), sample_max_new_tokens: int = 32,
+                 template: str = "alpaca") -> None:
         self.examples = examples
-        # Sample answers (train.sample_prompts): one W&B table row per prompt and validation.
+        # Sample answers (train.sample_prompts): one W&B table row per prompt and validation, prompted
+        # with the run's template (train.template), as predict will prompt the trained model.
         self.tokenizer = tokenizer
+        self.template = template
         self.sample_prompts = list(sample_prompts)
         self.sample_max_new_tokens = sample_max_new_tokens
         self.sample_rows: list[list] = []
@@ -307,20 +322,21 @@ class Validation(L.Callback):
     @torch.no_grad()
     def log_samples(self, trainer, pl_module, step: int) -> None:
         """Greedy answers to the fixed prompts, with the predict stage's generation helper (batch 1:
-        no padding side to set on the training tokenizer). Every rank generates (FSDP needs all of
-        them in each forward); rank 0's logger writes the table, all rows so far (W&B tables are
-        immutable once logged)."""
+        no padding side to set on the training tokenizer) and prompt template. Every rank generates
+        (FSDP needs all of them in each forward); rank 0's logger writes the table, all rows so far
+        (W&B tables are immutable once logged)."""
         from alpacare.evaluation.inference import Decoding, InferenceModel, generate
-        from alpacare.prompts.alpaca import format_prompt
 
         model = pl_module.model
         was_training = model.training
         model.eval()
         try:
             im = InferenceModel(model=model, tokenizer=self.tokenizer, source="train", name="train",
-                                device=str(pl_module.device), dtype=str(next(model.parameters()).dtype), adapter=False)
-            prompts = [format_prompt(p) for p in self.sample_prompts]
-            outputs = generate(im, prompts, Decoding(max_new_tokens=self.sample_max_new_tokens), batch_size=1)
+                                device=str(pl_module.device), dtype=str(next(model.parameters()).dtype), adapter=False,
+                                template=self.template)
+            prompts = [im.prompt(p) for p in self.sample_prompts]
+            with fsdp.inner_model_callable(trainer):
+                outputs = generate(im, prompts, Decoding(max_new_tokens=self.sample_max_new_tokens), batch_size=1)
         finally:
             model.train(was_training)
         self.sample_rows += [[step, p, g.text] for p, g in zip(self.sample_prompts, outputs)]
@@ -345,12 +361,13 @@ class Validation(L.Callback):
         model.eval()
         try:
             total = torch.zeros(2, dtype=torch.float64, device=pl_module.device)  # loss sum, tokens
-            for rows, weight in self._batches(trainer.global_rank, trainer.world_size):
-                batch = collate_rows([[e] for e in rows], pad_token_id=self.pad_token_id)
-                batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                total[0] += weight * float(response_loss(model, batch, reduction="sum"))
-                total[1] += weight * learned
+            with fsdp.inner_model_callable(trainer):
+                for rows, weight in self._batches(trainer.global_rank, trainer.world_size):
+                    batch = collate_rows([[e] for e in rows], pad_token_id=self.pad_token_id)
+                    batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                    total[0] += weight * float(response_loss(model, batch, reduction="sum"))
+                    total[1] += weight * learned
             if trainer.world_size > 1:
                 total = trainer.strategy.reduce(total, reduce_op="sum")
             return float(total[0] / total[1].clamp(min=1))

@@ -75,16 +75,20 @@ def uses_fsdp(trainer_cfg: DictConfig) -> bool:
 
 
 def build_strategy(trainer_cfg: DictConfig, model, model_cfg: DictConfig):
-    """A strategy name passes through; a strategy config is instantiated. FSDP wraps each instance
-    of the decoder layer class (``model.fsdp_layer_cls``), as Alpaca's --fsdp auto_wrap does."""
+    """A strategy name passes through; a strategy config is instantiated; ``fsdp`` is this project's
+    FSDPStrategy (Lightning's, on CPU too: alpacare/training/fsdp.py). FSDP wraps each instance of the
+    decoder layer class (``model.fsdp_layer_cls``), as Alpaca's --fsdp auto_wrap does, and each adapter
+    matrix apart from the frozen base (``fsdp.wrap_policy``)."""
+    from alpacare.training import fsdp
+
     strategy = trainer_cfg.strategy
     if isinstance(strategy, str) and not strategy.startswith("fsdp"):
         return strategy
     if isinstance(strategy, str):
-        strategy = OmegaConf.create({"_target_": "lightning.pytorch.strategies.FSDPStrategy"})
+        strategy = OmegaConf.create({"_target_": f"{fsdp.FSDPStrategy.__module__}.FSDPStrategy"})
     extra = {}
     if uses_fsdp(trainer_cfg):
-        extra["auto_wrap_policy"] = {models.find_module_class(model, model_cfg.fsdp_layer_cls)}
+        extra["auto_wrap_policy"] = fsdp.wrap_policy(model, models.find_module_class(model, model_cfg.fsdp_layer_cls))
     try:
         return instantiate(strategy, **extra)
     except Exception as e:  # missing deepspeed, bad arguments: one line, not a traceback
