@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +27,14 @@ import torch
 
 from tests.conftest import REPO, cli_env, run_cli
 from tests.test_train_support import (  # noqa: F401  (fixtures)
-    RECORDS,
+    COMMON,
+    KILL_HOOK as _KILLER,
+    NINE,
+    assert_same_weights as _assert_same_weights,
     cache_dir,
+    cli_train_args as _cli_args,
+    free_port as _free_port,
+    weights as _weights,
     read_stats,
     run_train,
     smollm_tokenizer_dir,
@@ -38,42 +43,8 @@ from tests.test_train_support import (  # noqa: F401  (fixtures)
     write_records,
 )
 
-NINE = RECORDS + [{"instruction": "What is a normal body temperature?", "input": "",
-                   "output": "About 37 degrees Celsius, varying by a few tenths over the day."}]
-# Full tuning in fp32, 9 examples, 1 per micro-batch, 4 per step: 3 steps (4, 4, 1 examples).
-COMMON = ["train.max_length=128", "train.micro_batch_size=1", "train.effective_batch_size=4", "train.epochs=1", "train.max_steps=-1",
-          "train.lr=1e-3", "train.lr_scheduler=constant", "train.warmup_ratio=0", "trainer.enable_progress_bar=false"]
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 FULL = ["tuning=full"]
-
-
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    assert files, f"no weights in {model_dir}"
-    return {k: v for f in files for k, v in load_file(f).items()}
-
-
-def _assert_same_weights(a: Path, b: Path, rtol=1e-5, atol=1e-5) -> None:
-    """Equal within fp32 rounding. The sums over ranks run in another order than one process's
-    accumulation; AdamW's first steps, m / (sqrt(v) + eps), turn that rounding on a near-zero gradient
-    into a few 1e-6 on a weight, against updates of ~lr (1e-3) on every weight."""
-    wa, wb = _weights(a), _weights(b)
-    assert sorted(wa) == sorted(wb)
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=rtol, atol=atol, msg=name)
-
-
-def _cli_args(data: Path, cache_dir: Path, model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["stages=[train]", f"train.data={data}", f"model.path={model_dir}", f"cache_dir={cache_dir}",
-            f"hydra.run.dir={run_dir}", *COMMON, *extra]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -111,19 +82,6 @@ def test_two_process_ddp_equals_one_process_and_only_rank_0_writes(tmp_path, nin
     assert len(list((ddp / "wandb").glob("offline-run-*"))) == 1
     assert proc.stdout.count("alpacare: outputs in") == 1
     assert not [p for p in ddp.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
-
-
-_KILLER = '''
-import os, signal
-_step = os.environ.get("ALPACARE_TEST_KILL_AT_STEP")
-if _step:
-    import alpacare.training.module as _m
-
-    def _kill_after_checkpoint(self, outputs, batch, batch_idx):  # runs after ModelCheckpoint's hook
-        if self.trainer.global_step == int(_step) and self.trainer.is_global_zero:
-            os.killpg(os.getpgrp(), signal.SIGKILL)  # kill -9 of every rank at once
-    _m.InstructionTuner.on_train_batch_end = _kill_after_checkpoint
-'''
 
 
 @pytest.mark.slow

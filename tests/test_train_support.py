@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,54 @@ def run_train(cfg, run_dir: Path) -> dict:
 
 def read_stats(run_dir: Path) -> dict:
     return json.loads((run_dir / "train" / "stats.json").read_text())
+
+
+NINE = RECORDS + [{"instruction": "What is a normal body temperature?", "input": "",
+                   "output": "About 37 degrees Celsius, varying by a few tenths over the day."}]
+# Full tuning in fp32, 9 examples, 1 per micro-batch, 4 per step: 3 steps (4, 4, 1 examples).
+COMMON = ["train.max_length=128", "train.micro_batch_size=1", "train.effective_batch_size=4", "train.epochs=1", "train.max_steps=-1",
+          "train.lr=1e-3", "train.lr_scheduler=constant", "train.warmup_ratio=0", "trainer.enable_progress_bar=false"]
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    assert files, f"no weights in {model_dir}"
+    return {k: v for f in files for k, v in load_file(f).items()}
+
+
+def assert_same_weights(a: Path, b: Path, rtol=1e-5, atol=1e-5) -> None:
+    """Equal within fp32 rounding. The sums over ranks run in another order than one process's
+    accumulation; AdamW's first steps, m / (sqrt(v) + eps), turn that rounding on a near-zero gradient
+    into a few 1e-6 on a weight, against updates of ~lr (1e-3) on every weight."""
+    wa, wb = weights(a), weights(b)
+    assert sorted(wa) == sorted(wb)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=rtol, atol=atol, msg=name)
+
+
+def cli_train_args(data: Path, cache_dir: Path, model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["stages=[train]", f"train.data={data}", f"model.path={model_dir}", f"cache_dir={cache_dir}",
+            f"hydra.run.dir={run_dir}", *COMMON, *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A sitecustomize.py that kills every rank with SIGKILL right after step $ALPACARE_TEST_KILL_AT_STEP
+# (after ModelCheckpoint has saved it): put its folder first on PYTHONPATH.
+KILL_HOOK = '''
+import os, signal
+_step = os.environ.get("ALPACARE_TEST_KILL_AT_STEP")
+if _step:
+    import alpacare.training.module as _m
+
+    def _kill_after_checkpoint(self, outputs, batch, batch_idx):  # runs after ModelCheckpoint's hook
+        if self.trainer.global_step == int(_step) and self.trainer.is_global_zero:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # kill -9 of every rank at once
+    _m.InstructionTuner.on_train_batch_end = _kill_after_checkpoint
+'''

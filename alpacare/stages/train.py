@@ -48,7 +48,7 @@ from alpacare.errors import ConfigError, DataError
 from alpacare.prompts.alpaca import alpaca_chat_template
 from alpacare.prompts.chat import require_chat_template, stop_token_ids, write_template
 from alpacare.stages import MERGED_MODEL, MODEL, TRAIN_METRICS, TRAIN_SET, StageContext
-from alpacare.training import models
+from alpacare.training import fsdp, models
 from alpacare.training.data import data_digest, data_fingerprint, load_training_records, split_validation, tokenize_examples
 from alpacare.training.export import full_state_dict, model_card
 from alpacare.training.metrics_log import MetricsFile
@@ -262,8 +262,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             tokenizer.chat_template = alpaca_chat_template()
         else:
             model.generation_config.eos_token_id = stop_token_ids(template, tokenizer)
-        models.save_model_dir(model, tokenizer, MODEL.path(ctx.run_dir), card=card, state_dict=state_dict,
-                              extra=lambda d: write_template(d, template, tokenizer))
+        with fsdp.plain_module_names(model):
+            models.save_model_dir(model, tokenizer, MODEL.path(ctx.run_dir), card=card, state_dict=state_dict,
+                                  extra=lambda d: write_template(d, template, tokenizer))
         if merge:
             merged_card = card.replace("library_name: peft", "library_name: transformers")
             models.save_merged_model(MODEL.path(ctx.run_dir), MERGED_MODEL.path(ctx.run_dir), card=merged_card,

@@ -184,3 +184,22 @@ def inner_model_callable(trainer) -> Iterator[None]:
                 if compute_dtype != torch.float32 else contextlib.nullcontext())
     with FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False), autocast:
         yield
+
+
+@contextlib.contextmanager
+def plain_module_names(model: torch.nn.Module) -> Iterator[None]:
+    """The model's FSDP units shown as the modules they wrap, for the duration (nothing may run FSDP
+    inside): peft names an adapter's weights after its modules' names, which each nested unit
+    otherwise extends with ``_fsdp_wrapped_module.``, so ``save_pretrained`` given the gathered weights
+    would find none of them and write an empty adapter."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    swapped = [(parent, name, child) for parent in list(model.modules())
+               for name, child in parent._modules.items() if isinstance(child, FullyShardedDataParallel)]
+    try:
+        for parent, name, child in swapped:
+            parent._modules[name] = child.module
+        yield
+    finally:
+        for parent, name, child in swapped:
+            parent._modules[name] = child

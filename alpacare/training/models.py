@@ -250,6 +250,8 @@ def load_model(
         if fsdp and tuning_cfg.method == "full" and process_rank() != 0:
             # One host copy of the weights per job, not one per rank: rank 0's arrive in this rank's
             # shards when FSDP wraps the model (alpacare/training/fsdp.py).
+            log.info("train: rank %d builds the model on the meta device; FSDP fills its shards from rank 0",
+                     process_rank())
             model = empty_model(path, kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -266,6 +268,13 @@ def load_model(
                 "(null reuses <unk>) or use tuning=full"
             )
         match_tokenizer(model, tokenizer)
+    if tuning_cfg.method == "qlora" and fsdp:
+        # bitsandbytes' CPU inference path (eval mode, on CPUs with AVX512-BF16) repacks a 4-bit weight
+        # in place into a uint8 layout of its own: under FSDP that weight is a view of the flat
+        # parameter, stored as bf16, and the next checkpoint fails to unpack it. Training's path it is.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     if tuning_cfg.method == "qlora" and not fsdp:
         # Norms and embeddings to fp32 for stable training (QLoRA recipe); FSDP needs them in one dtype.
         from peft import prepare_model_for_kbit_training
