@@ -261,8 +261,9 @@ class TrainerConfig:
 class TrainConfig:
     """The ``train`` stage: Alpaca-style supervised instruction tuning.
 
-    Defaults are sized for the default CPU run (~20 examples, train within ~3 minutes on 2 cores);
-    conf/experiment/paper_7b.yaml and paper_13b.yaml set the paper's values.
+    Batch sizes and lengths are sized for the default CPU run (~20 examples, train within ~3 minutes on
+    2 cores; the embedded model also caps the steps: conf/sizes/); conf/experiment/paper_7b.yaml and
+    paper_13b.yaml set the paper's values.
     """
 
     # Training set; None = this run's responses stage output (Alpaca JSON). Also: Alpaca JSONL, OpenAI
@@ -276,9 +277,9 @@ class TrainConfig:
     template: str = "alpaca"
     epochs: int = 3  # paper (7B): 3; 13B: 5
     # Optimizer steps; > 0 overrides epochs (as max_steps does in the HF Trainer that Alpaca/AlpaCare
-    # use: the data is repeated as needed); -1 = run the epochs. 6 steps x 8 examples x <=512 tokens
-    # bounds the default CPU run to ~2.5 min at the measured ~170 LoRA tokens/s (2 epochs of ~20 examples).
-    max_steps: int = 6
+    # use: the data is repeated as needed); -1 = run the epochs (the paper's way). The embedded demo
+    # model sets 6 (conf/sizes/smollm2_135m.yaml), which keeps the default CPU run short.
+    max_steps: int = -1
     # None = tuning.lr (the method's usual rate). Paper: 2e-5 (7B full), 1e-5 (13B full).
     lr: Optional[float] = None
     lr_scheduler: str = "cosine"  # paper / Alpaca (any transformers.get_scheduler name)
@@ -349,9 +350,9 @@ class PredictConfig:
     # Test sets by name (paper: medinstruct, icliniq, alpaca_eval; see alpacare/data/eval_sets.py)
     # or paths to a JSON/JSONL file of {instruction, input?} records. Default: MedInstruct-test.
     test_sets: List[str] = field(default_factory=lambda: ["medinstruct"])
-    # First N items of each test set; None = all. 4 keeps the default CPU run inside its budget;
-    # the paper presets (experiment=paper_7b) set null.
-    limit: Optional[int] = 4
+    # First N items of each test set; None = all (the paper's protocol). The embedded demo model sets
+    # 4 (conf/sizes/smollm2_135m.yaml), which keeps the default CPU run inside its budget.
+    limit: Optional[int] = None
     # New tokens per answer, prompt not counted. The release's generate() had max_length=1024
     # *including* the prompt, so a long iCliniq question left less room for its answer; 1024 new
     # tokens is at least that budget for every item. (The default run overrides it in config.yaml.)

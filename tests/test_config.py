@@ -11,8 +11,9 @@ from alpacare.config import validate
 from alpacare.errors import ConfigError
 from alpacare.tracking import redact
 
-# conf/endpoint/ holds the presets that the teacher and judge groups compose; it is no group of its own.
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "endpoint")
+# conf/endpoint/ holds the presets that the teacher and judge groups compose; conf/sizes/ follows the model
+# choice (config.yaml); neither is a group to choose on the command line.
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("endpoint", "sizes"))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
 # openai_compatible needs a URL and model from the user by design (??? in its yaml).
 NEEDS = {(role, "openai_compatible"): [f"{role}.base_url=http://127.0.0.1:1/v1", f"{role}.model=m"]
@@ -72,6 +73,20 @@ def test_teacher_and_judge_pick_from_the_same_endpoint_presets(preset):
     endpoint_keys = ("name", "model", "base_url", "launch_local", "api_key_env", "price_input_per_1m", "price_output_per_1m")
     assert {k: cfg.teacher[k] for k in endpoint_keys} == {k: cfg.judge[k] for k in endpoint_keys}
     validate(cfg)
+
+
+def test_demo_sizes_belong_to_the_embedded_model_alone():
+    """Issue 25 item 5: bare `alpacare` keeps its quick sizes; any other model trains its epochs and
+    predicts whole test sets unless told otherwise."""
+    demo = _compose([])
+    assert (demo.model.name, demo.train.max_steps, demo.predict.limit) == ("smollm2_135m", 6, 4)
+    for model in sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml") if f.stem != "smollm2_135m"):
+        cfg = _compose(["stages=[train]", "train.data=train.json", f"model={model}", "tuning=qlora"])
+        assert (cfg.train.max_steps, cfg.train.epochs, cfg.predict.limit) == (-1, 3, None), model
+    told = _compose([f"model=llama31_8b", "train.max_steps=10", "predict.limit=7"])
+    assert (told.train.max_steps, told.predict.limit) == (10, 7)
+    assert _compose(["train.max_steps=-1", "predict.limit=null"]).train.max_steps == -1  # the demo model, told
+    assert _compose(["experiment=smoke"]).train.max_steps == 2  # an experiment still sets its own
 
 
 def test_paper_presets_judge_like_the_paper():

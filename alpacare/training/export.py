@@ -11,35 +11,33 @@ from omegaconf import DictConfig
 
 
 def full_state_dict(trainer: L.Trainer, model) -> Optional[dict]:
-    """The unsharded weights under FSDP (every rank must call this); None = model.state_dict().
+    """The unsharded weights under FSDP, on rank 0 alone (every rank must call this; the others get
+    an empty dict); None outside FSDP = ``model.state_dict()``.
 
-    Taken from the FSDP root (the wrapped LightningModule), not from the inner model: parameters
+    Gathered through the FSDP root (the wrapped LightningModule), not the inner model: parameters
     outside the wrapped decoder layers (embeddings, final norm, output layer) belong to the root's
-    flat parameter, and the inner module alone would see them as this rank's shard. The keys are
-    then those of the inner model (``model.`` prefix removed), as ``save_pretrained`` expects."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    flat parameter, and the inner module alone would see them as this rank's shard. Only rank 0
+    materializes the full weights (``rank0_only``; the other ranks hold one unit at a time while
+    the gather goes through it), so no other rank ever holds a host copy of the model. The keys are
+    the inner model's, as ``save_pretrained`` expects, each tied parameter once."""
+    from alpacare.training.fsdp import fsdp_root, plain_name
 
-    if not isinstance(trainer.strategy, FSDPStrategy):
+    root = fsdp_root(trainer)
+    if root is None:
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FullyShardedDataParallel
 
-    root = trainer.strategy.model
-    # Gathered to CPU from GPUs; on CPU, offloading is a no-op that crashes torch 2.13's FSDP (SIGSEGV in clone).
-    on_gpu = any(p.is_cuda for p in root.parameters())
-    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=on_gpu))
-    prefix = next(name for name, child in trainer.lightning_module.named_children() if child is model) + "."
-    weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
-    return retie(weights, model)
-
-
-def retie(weights: dict, model) -> dict:
-    """Gathered, a tied parameter (input embeddings = output layer) comes back as two copies; make
-    them one tensor again, so ``save_pretrained`` writes it once, as it does for the model itself."""
-    first: dict[int, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        owner = first.setdefault(id(param), name)
-        if owner != name and owner in weights and name in weights:
-            weights[name] = weights[owner]
+    on_gpu = any(p.is_cuda for p in root.parameters())  # gathered to CPU from GPUs
+    weights: dict = {}
+    with FullyShardedDataParallel.summon_full_params(root, writeback=False, rank0_only=True, offload_to_cpu=on_gpu):
+        if trainer.is_global_zero:
+            copies: dict[int, Any] = {}
+            for name, param in model.named_parameters(remove_duplicate=False):
+                weights[plain_name(name)] = copies.setdefault(id(param), param.detach().clone())
+            for module_name, module in model.named_modules():
+                for name, buffer in module.named_buffers(recurse=False):
+                    if buffer is not None and name not in module._non_persistent_buffers_set:
+                        weights[plain_name(f"{module_name}.{name}")] = buffer.detach().clone()
     return weights
 
 

@@ -9,9 +9,8 @@
   passes: ``trainer=fsdp trainer.accelerator=cpu trainer.devices=2`` trains over gloo, a way to try
   an FSDP recipe before paying for GPUs (and the way the test suite runs every FSDP path).
 - **One host copy of the weights per job.** Full fine-tuning builds the model on the meta device on
-  every rank but 0 (``models.load_model``); here each FSDP unit is materialized empty (ties kept)
-  and rank 0's weights are broadcast into the shards (``set_model_state_dict(broadcast_from_rank0)``,
-  which works over gloo too, unlike FSDP's GPU-only ``sync_module_states``).
+  every rank but 0 (``models.load_model``); here FSDP fills each unit with rank 0's weights as it
+  wraps it, one unit at a time (``rank0_materializer``), over gloo too.
 - **Checkpoints that are whole or absent.** Lightning writes a sharded checkpoint into the existing
   directory; a kill during the save would leave old and new shards mixed under the name that resume
   reads. Here the shards go to a temporary directory that replaces the old one once every rank is done.
@@ -51,11 +50,9 @@ class FSDPStrategy(LightningFSDPStrategy):
             return super()._setup_model(model)
         if on_meta and self.global_rank == 0:
             raise RuntimeError("FSDP: rank 0 must hold the real weights that the other ranks receive")
-        # References to rank 0's weights, taken before wrapping (which flattens and shards them).
-        source = model.state_dict() if from_rank0 and self.global_rank == 0 else {}
         kwargs = dict(self.kwargs)
-        if on_meta:
-            kwargs["param_init_fn"] = empty_materializer(self.root_device)
+        if from_rank0:
+            kwargs["param_init_fn"] = rank0_materializer(model, self.root_device, is_rank0=self.global_rank == 0)
         device_id = self.root_device if self.root_device.type == "cpu" else self.root_device.index
         wrapped = FullyShardedDataParallel(
             module=model,
@@ -65,11 +62,6 @@ class FSDPStrategy(LightningFSDPStrategy):
             device_id=device_id,
             **kwargs,
         )
-        if from_rank0:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(wrapped, source, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-            del source
         from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
 
         _setup_activation_checkpointing(wrapped, self._activation_checkpointing_kwargs)
@@ -111,21 +103,43 @@ def replace_directory(new: Path, dest: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def empty_materializer(device: torch.device):
-    """FSDP's ``param_init_fn`` for a model built on the meta device: each module's parameters become
-    uninitialized tensors on ``device`` (their values come from rank 0). FSDP calls it module by
-    module, so a parameter shared by two modules (tied embeddings) is made once and set on both."""
+def rank0_materializer(model: torch.nn.Module, device: torch.device, *, is_rank0: bool):
+    """FSDP's ``param_init_fn`` that fills every rank's units with rank 0's weights, one unit at a time.
+
+    Rank 0 moves its weights aside and leaves its parameters on the meta device like the other ranks',
+    so FSDP materializes the same units in the same order everywhere. For each unit, each parameter is
+    made on ``device`` (a parameter shared by two modules, such as tied embeddings, once), rank 0 copies
+    its weight in and broadcasts it, and FSDP then shards the unit. No rank but 0 ever holds more than
+    one unit unsharded, and rank 0 drops each weight once sent. (FSDP's own ``sync_module_states`` does
+    the same broadcast but only for GPU tensors; this way works over gloo too.) Buffers are not sent:
+    they stay as each rank computed them (rotary frequencies), which ``models.empty_model`` keeps off
+    the meta device."""
+    weights: dict[str, torch.Tensor] = {}
+    if is_rank0:
+        weights = {name: param.detach() for name, param in model.named_parameters()}
+        on_meta: dict[torch.Tensor, torch.nn.Parameter] = {}
+        for module in model.modules():
+            for attr, param in list(module._parameters.items()):
+                if param is not None:
+                    if param not in on_meta:
+                        on_meta[param] = torch.nn.Parameter(torch.empty_like(param, device="meta"),
+                                                            requires_grad=param.requires_grad)
+                    module._parameters[attr] = on_meta[param]
+    names = {param: name for name, param in model.named_parameters()}
     made: dict[torch.Tensor, torch.nn.Parameter] = {}
 
     def materialize(module: torch.nn.Module) -> None:
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.is_meta:
-                if param not in made:
-                    made[param] = torch.nn.Parameter(torch.empty_like(param, device=device), requires_grad=param.requires_grad)
-                setattr(module, name, made[param])
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer.is_meta:
-                module._buffers[name] = torch.empty_like(buffer, device=device)
+        for attr, param in list(module.named_parameters(recurse=False)):
+            if not param.is_meta:
+                continue
+            if param not in made:
+                new = torch.nn.Parameter(torch.empty_like(param, device=device), requires_grad=param.requires_grad)
+                with torch.no_grad():
+                    if is_rank0:
+                        new.copy_(weights.pop(names[param]))
+                    torch.distributed.broadcast(new.data, src=0)
+                made[param] = new
+            setattr(module, attr, made[param])
 
     return materialize
 
@@ -147,6 +161,13 @@ def wrap_policy(model: torch.nn.Module, layer_cls: type) -> Any:
         functools.partial(lambda_auto_wrap_policy, lambda_fn=trainable_leaf),
         functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={layer_cls}),
     ])
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name as the unwrapped model knows it (FSDP units add ``_fsdp_wrapped_module.``)."""
+    from torch.distributed.fsdp._common_utils import FSDP_WRAPPED_MODULE
+
+    return name.replace(f"{FSDP_WRAPPED_MODULE}.", "")
 
 
 def fsdp_root(trainer) -> Optional[torch.nn.Module]:
