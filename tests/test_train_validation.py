@@ -190,3 +190,27 @@ def test_sample_answers_are_logged_as_a_wandb_table_without_changing_training(tm
     from alpacare.config import validate
     with pytest.raises(ConfigError, match="train.sample_prompts: are generated at each validation"):
         validate(train_cfg(data, cache_dir, "train.sample_prompts=[hi]"))
+
+
+def test_sample_answers_are_prompted_with_the_runs_template(tmp_path, cache_dir, tiny_model_dir, monkeypatch):
+    """Issue 25 item 6: under train.template=chat the samples are asked as predict will ask the model."""
+    import alpacare.evaluation.inference as inference
+    from alpacare.prompts.chat import format_task
+    from alpacare.training.models import load_tokenizer
+
+    seen = []
+    real_generate = inference.generate
+
+    def recording_generate(im, prompts, *args, **kwargs):  # the real generation, prompts noted on the way
+        seen.extend((im.template, p) for p in prompts)
+        return real_generate(im, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "generate", recording_generate)
+    data = write_records(tmp_path / "train.json", RECORDS)
+    val = write_records(tmp_path / "val.json", RECORDS[:2])
+    cfg = train_cfg(data, cache_dir, *ARGS, f"train.val_data={val}", "train.template=chat", "train.sample_max_new_tokens=2",
+                    "train.sample_prompts=[What does HbA1c measure?]", model_dir=tiny_model_dir)
+    run_train(cfg, tmp_path / "run")
+    tokenizer = load_tokenizer(cfg.model, cache_dir)
+    chat = format_task("chat", tokenizer, "What does HbA1c measure?")
+    assert chat.startswith("<|im_start|>") and seen and set(seen) == {("chat", chat)}
