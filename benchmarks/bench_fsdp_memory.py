@@ -1,7 +1,7 @@
 """Peak host memory per rank of FSDP full fine-tuning: rank 0 alone loads the weights, vs every rank.
 
-    python benchmarks/bench_fsdp_memory.py                    # ~5 min on 2 cores
-    python benchmarks/bench_fsdp_memory.py --layers 8 --hidden 768
+    python benchmarks/bench_fsdp_memory.py                    # ~4 min on 2 cores
+    python benchmarks/bench_fsdp_memory.py --layers 12 --hidden 1024
 
 Full fine-tuning under FSDP builds the model on the meta device on every rank but 0, and FSDP fills
 each rank's shards from rank 0's weights (alpacare/training/fsdp.py); before that change every rank
@@ -96,7 +96,7 @@ def run(devices: int, every_rank_loads: bool, model_dir: Path, data: Path, work:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=1280)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
