@@ -283,7 +283,9 @@ def run_fsdp(args, model_dir: Path, data: Path) -> dict:
         f"model.path={model_dir}", "tuning=full", f"train.data={data}", f"cache_dir={args.work}/cache",
         "trainer=fsdp", "trainer.devices=1", "trainer.strategy.state_dict_type=full", "train.max_length=512",
         "train.micro_batch_size=4", "train.effective_batch_size=4", "train.max_steps=3", "train.lr=1e-4",
-        "trainer.enable_progress_bar=false"], run_dir)
+        "trainer.enable_progress_bar=false",
+        # --smoke: the same Lightning FSDPStrategy on one CPU process (alpacare/training/fsdp.py).
+        *(["trainer.accelerator=cpu", "trainer.precision=32-true"] if args.smoke else [])], run_dir)
     saved = AutoModelForCausalLM.from_pretrained(run_dir / "train" / "model", dtype=torch.float32).state_dict()
     ckpt = torch.load(run_dir / "train" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     trained = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -429,13 +431,10 @@ def main() -> None:
                       + (f", peak {base['peak_gb']:.1f} GB" if base["peak_gb"] is not None else "")) if base else "",
                      ratio, ">= 1.5x, MFU >= 40%" if name == "lora" else "peak <= 10 GB"))
     if "fsdp" in args.checks:
-        if args.smoke:
-            rows.append(("fsdp full fine-tune", "skipped: Lightning's FSDP needs a GPU", "", "", "model dir == checkpoint"))
-        else:
-            r, why = child(args, "fsdp", args.timeout)
-            rows.append(("fsdp full fine-tune", why or f"{r['tensors']} tensors, max |diff| {r['max_abs_diff']:.2e} "
-                         f"(training moved weights by up to {r['changed_by']:.2e})", "", "" if why else
-                         ("equal" if r["equal"] else "DIFFERENT"), "model dir == checkpoint"))
+        r, why = child(args, "fsdp", args.timeout)
+        rows.append(("fsdp full fine-tune", why or f"{r['tensors']} tensors, max |diff| {r['max_abs_diff']:.2e} "
+                     f"(training moved weights by up to {r['changed_by']:.2e})", "", "" if why else
+                     ("equal" if r["equal"] else "DIFFERENT"), "model dir == checkpoint"))
     for kind in [k for k in ("predict", "benchmark") if k in args.checks]:
         if not has_vllm:
             line = (f"{kind} vllm vs hf", "skipped: vLLM is not installed (pip install -e '.[vllm]')", "", "", "")
