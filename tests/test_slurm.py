@@ -99,13 +99,38 @@ def test_sweep_through_submitit_local(tmp_path):
 # -- on the real cluster ------------------------------------------------------------------------------
 
 
-def _sweep(cluster, tmp_path: Path, args: list[str], sweep: Path, timeout: float = 600, **env: str):
+def _sweep(cluster, tmp_path: Path, args: list[str], sweep: Path, timeout: float = 600, wait=None, **env: str):
     """``alpacare -m hydra/launcher=slurm ...`` as a user types it; the jobs inherit this environment
-    (sbatch's default --export=ALL: the same python, PYTHONPATH and caches)."""
+    (sbatch's default --export=ALL: the same python, PYTHONPATH and caches). ``wait(proc)``, if
+    given, runs while the command does."""
     cmd = [sys.executable, "-m", "alpacare", "-m", "hydra/launcher=slurm", *args, "logger=none",
            f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"]
-    return subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path, **cluster.env, **env), capture_output=True, text=True,
-                          timeout=timeout)
+    with subprocess.Popen(cmd, cwd=REPO, env=cli_env(tmp_path, **cluster.env, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            if wait is not None:
+                wait(proc)
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _release_when_requeued(cluster, sweep: Path):
+    """SLURM holds a requeued job for two minutes (its BeginTime: requeue + 120 s); release it at once,
+    as `scontrol update StartTime=now` would by hand, so the test does not sit out the hold."""
+    def wait(proc: subprocess.Popen) -> None:
+        while proc.poll() is None:
+            time.sleep(1)
+            try:
+                job = _job_id(sweep)
+            except (OSError, ValueError):  # not submitted yet
+                continue
+            info = cluster.run("scontrol", "show", "job", job, check=False)
+            if "JobState=PENDING" in info and "Reason=BeginTime" in info:
+                cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    return wait
 
 
 def _logs(sweep: Path) -> str:
@@ -142,15 +167,28 @@ def test_dedup_sweep_on_slurm_reports_a_bad_value_in_one_line(slurm_cluster, tmp
     assert re.search(r"job #2 \(dedup\.threshold=1\.5; SLURM job \d+_2\) failed on rank 0: "
                      r"dedup\.threshold: must be in \[0, 1\], got 1\.5 \(log: (\S+)\)$", lines[0]), lines[0]
     assert Path(re.search(r"\(log: (\S+)\)$", lines[0]).group(1)).is_file()
-    states = sorted(j["State"] for j in slurm_cluster.jobs() if j["JobID"].split("_")[0] == _job_id(sweep, "0"))
+    states = sorted(j["State"] for j in _ended_jobs(slurm_cluster, sweep))
     assert states == ["COMPLETED", "COMPLETED", "FAILED"]
     print(f"dedup sweep on SLURM: {seconds:.1f}s (cluster up in {slurm_cluster.up_seconds:.1f}s)")
 
 
-def _job_id(sweep: Path, num: str) -> str:
-    """The SLURM job id of sweep job ``num`` (its .submitit folder; array jobs are ID_INDEX)."""
-    folders = sorted(p.name for p in (sweep / ".submitit").iterdir())
-    return folders[int(num)].split("_")[0]
+def _ended_jobs(cluster, sweep: Path, timeout: float = 120) -> list[dict[str, str]]:
+    """sacct's records of the sweep's jobs once none is running (its results can be in while the job
+    is still completing)."""
+    job = _job_id(sweep)
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [j for j in cluster.jobs() if j["JobID"].split("_")[0] == job]
+        if all(j["State"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") for j in records) \
+                or time.monotonic() > deadline:
+            return records
+        time.sleep(1)
+
+
+def _job_id(sweep: Path) -> str:
+    """The SLURM job id of a sweep (its array; a one-job sweep is a plain job), from .submitit/ID[_INDEX]."""
+    return min((p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if re.match(r"^\d+(_\d+)?$", p.name)),
+               key=int)
 
 
 @pytest.mark.slow
@@ -205,14 +243,15 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
     sweep = tmp_path / "sweep"
     started = time.perf_counter()
     proc = _sweep(slurm_cluster, tmp_path, ["stages=[train]", *args, *DDP_CPU, "hydra.launcher.timeout_min=60"], sweep,
-                  PYTHONPATH=_hook(tmp_path, _TIME_LIMIT_AT_STEP_2))
+                  PYTHONPATH=_hook(tmp_path, _TIME_LIMIT_AT_STEP_2), wait=_release_when_requeued(slurm_cluster, sweep))
     seconds = time.perf_counter() - started
     logs = _logs(sweep)
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-6000:]
 
     script = next(sweep.glob(".submitit/*/*_submission.sh")).read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --nodes=1" in script and "--signal=USR2@120" in script
-    job = _job_id(sweep, "0")
+    job = _job_id(sweep)
+    _ended_jobs(slurm_cluster, sweep)
     attempts = slurm_cluster.run("sacct", "-X", "-D", "-n", "--parsable2", "-o", "State", "-j", job).split()
     assert attempts == ["REQUEUED", "COMPLETED"], attempts  # requeued once, then done
     assert "checkpointed step 3" in logs and "Requeued job" in logs
@@ -267,8 +306,8 @@ def test_a_failed_rank_ends_its_job_within_two_minutes_in_one_line(slurm_cluster
                      r"RuntimeError: injected failure on rank 1 at step 2 \(log: \S+_1_log\.err\)$", raised), raised
 
     # Each job ended (both ranks) within two minutes of its rank 1 failing, and failed.
-    job = _job_id(sweep, "0")
-    ends = {j["JobID"]: j for j in slurm_cluster.jobs() if j["JobID"].startswith(f"{job}_")}
+    job = _job_id(sweep)
+    ends = {j["JobID"]: j for j in _ended_jobs(slurm_cluster, sweep)}
     for index, how in ((0, "kill"), (1, "raise")):
         record = ends[f"{job}_{index}"]
         assert record["State"] == "FAILED", record

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # srun's report of a task that ended badly: "srun: error: NODE: task 1: Killed",
 # "srun: error: NODE: tasks 0-1: Exited with exit code 2".
-_SRUN_BAD_TASK = re.compile(r"^srun: error: \S+: tasks? (\d+)[\d,\-]*: (.+)$")
+_SRUN_BAD_TASK = re.compile(r"^srun: error: \S+: tasks? ([\d,\-]+): (.+)$")
 # Each attempt of a job (requeues append to the same logs) starts with this line of submitit's.
 _ATTEMPT_START = "Starting with JobEnvironment"
 # cli.run_job's one line for an error the user can fix (alpacare/errors.py).
@@ -66,6 +67,7 @@ class FailFastSlurmLauncher(submitit_launcher.SlurmLauncher):
             try:
                 returns.append(job.results()[0])  # rank 0's
             except Exception:  # submitit's UncompletedJobError / FailedJobError, or a job it lost track of
+                wait_until_ended(job)
                 failures.append(describe_failure(job, num, [o for o in overrides if o not in shared]))
         if failures:
             raise JobsFailed("\n".join(failures))
@@ -95,6 +97,15 @@ class FailFastSlurmLauncher(submitit_launcher.SlurmLauncher):
         return executor.map_array(self, *zip(*params))
 
 
+def wait_until_ended(job: Any, timeout_s: float = 300) -> None:
+    """A task's result can be in before SLURM has ended the job's other tasks and srun has written
+    which task failed: wait for sacct to say the job is over (KillWait, 30 s by default, and a
+    little more), asking every few seconds, only for jobs that failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not job.watcher.is_done(job.job_id, mode="force"):
+        time.sleep(3)
+
+
 def describe_failure(job: Any, num: int, overrides: Sequence[str]) -> str:
     """One line: the sweep job (``overrides``: what the sweep varies), its SLURM job, the rank that
     failed first, that rank's first error, its log."""
@@ -102,21 +113,42 @@ def describe_failure(job: Any, num: int, overrides: Sequence[str]) -> str:
     what = f"job #{num} ({swept + '; ' if swept else ''}SLURM job {job.job_id})"
     tasks = [job.task(i) for i in range(job.num_tasks)]
     # srun writes its report into the job's batch log, which is task 0's.
-    rank, srun_says = first_bad_task(_last_attempt(_read(tasks[0].paths.stderr)))
-    task = tasks[rank] if rank is not None and rank < len(tasks) else tasks[0]
+    ranks, srun_says = first_bad_tasks(_last_attempt(_read(tasks[0].paths.stderr)))
+    ranks = [r for r in ranks if r < len(tasks)]
+    # srun reports tasks that ended together in one line: the first to fail recorded its error first.
+    rank = min(ranks, key=lambda r: _error_time(tasks[r])) if ranks else None
+    task = tasks[rank] if rank is not None else tasks[0]
     error = task_error(task) or (f"no error in its log; srun: {srun_says}" if srun_says else None)
     if rank is None:
         return f"{what} ended {_state(job)}: {error or 'no error in its log'} (log: {task.paths.stderr})"
     return f"{what} failed on rank {rank}: {error} (log: {task.paths.stderr})"
 
 
-def first_bad_task(batch_log: str) -> tuple[Optional[int], Optional[str]]:
-    """The first task srun reported as ended badly (the others were ended for it), and how."""
+def first_bad_tasks(batch_log: str) -> tuple[list[int], Optional[str]]:
+    """The tasks of srun's first report of tasks that ended badly (the others were ended for
+    them), and how they ended."""
     for line in batch_log.splitlines():
         match = _SRUN_BAD_TASK.match(line.strip())
         if match:
-            return int(match.group(1)), match.group(2).strip()
-    return None, None
+            return _task_ids(match.group(1)), match.group(2).strip()
+    return [], None
+
+
+def _task_ids(spec: str) -> list[int]:
+    """srun's "0-1,3" as [0, 1, 3]."""
+    ids: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        ids.extend(range(int(first), int(last or first) + 1))
+    return ids
+
+
+def _error_time(task: Any) -> float:
+    """When the task recorded its error (submitit's result file); never, for a task without one."""
+    try:
+        return task.paths.result_pickle.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def task_error(task: Any) -> Optional[str]:
