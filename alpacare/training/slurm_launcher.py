@@ -42,6 +42,9 @@ _ATTEMPT_START = "Starting with JobEnvironment"
 # cli.run_job's one line for an error the user can fix (alpacare/errors.py).
 _ONE_LINE_ERROR = re.compile(r"^alpacare: (?:[\w ]+ )?error: (.+)$")
 _MAX_ERROR_CHARS = 300
+# How often a sweep asks sacct about its jobs at least: gentle on slurmdbd (one call for all the
+# sweep's jobs), and a job that ended without a result is seen within this.
+SACCT_EVERY_S = 20
 
 
 class JobsFailed(AlpacareError):
@@ -65,8 +68,10 @@ class FailFastSlurmLauncher(submitit_launcher.SlurmLauncher):
         returns, failures = [], []
         for num, (job, overrides) in enumerate(zip(jobs, job_overrides), start=initial_job_idx):
             try:
+                if not wait_for_results(job):
+                    raise RuntimeError("a rank failed")
                 returns.append(job.results()[0])  # rank 0's
-            except Exception:  # submitit's UncompletedJobError / FailedJobError, or a job it lost track of
+            except Exception:  # a rank's error, submitit's UncompletedJobError / FailedJobError, a lost job
                 wait_until_ended(job)
                 failures.append(describe_failure(job, num, [o for o in overrides if o not in shared]))
         if failures:
@@ -95,6 +100,21 @@ class FailFastSlurmLauncher(submitit_launcher.SlurmLauncher):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
             params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
         return executor.map_array(self, *zip(*params))
+
+
+def wait_for_results(job: Any) -> bool:
+    """Wait as submitit's ``job.wait()`` does (every task's result file, checked each second, or
+    sacct saying the job is over), asking sacct at least every ``SACCT_EVERY_S`` (submitit backs
+    off to 10 minutes) and stopping early, False, once a rank has recorded an error."""
+    last_sacct = time.monotonic()
+    while not job.done():
+        if any(_recorded_error(job.task(i).paths.result_pickle) for i in range(job.num_tasks)):
+            return False
+        if time.monotonic() - last_sacct > SACCT_EVERY_S:
+            job.watcher.update()  # one sacct call for every job of the sweep
+            last_sacct = time.monotonic()
+        time.sleep(1)
+    return True
 
 
 def wait_until_ended(job: Any, timeout_s: float = 300) -> None:
