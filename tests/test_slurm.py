@@ -149,6 +149,7 @@ def _alpacare_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("alpacare:")]
 
 
+@pytest.mark.slow
 def test_dedup_sweep_on_slurm_reports_a_bad_value_in_one_line(slurm_cluster, tmp_path):
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in DEDUP))

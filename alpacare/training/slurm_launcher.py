@@ -67,13 +67,12 @@ class FailFastSlurmLauncher(submitit_launcher.SlurmLauncher):
         shared = set.intersection(*(set(o) for o in job_overrides))  # a job is named by what the sweep varies
         returns, failures = [], []
         for num, (job, overrides) in enumerate(zip(jobs, job_overrides), start=initial_job_idx):
-            try:
-                if not wait_for_results(job):
-                    raise RuntimeError("a rank failed")
-                returns.append(job.results()[0])  # rank 0's
-            except Exception:  # a rank's error, submitit's UncompletedJobError / FailedJobError, a lost job
+            result = rank_zero_result(job)
+            if result is None:
                 wait_until_ended(job)
                 failures.append(describe_failure(job, num, [o for o in overrides if o not in shared]))
+            else:
+                returns.append(result)
         if failures:
             raise JobsFailed("\n".join(failures))
         return returns
@@ -91,15 +90,26 @@ class FailFastSlurmLauncher(submitit_launcher.SlurmLauncher):
         executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
                                       for k, v in self.params.items() if k not in init_keys})
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         params = []
         for num, overrides in enumerate(job_overrides, start=initial_job_idx):
-            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
             params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
         return executor.map_array(self, *zip(*params))
+
+
+def rank_zero_result(job: Any) -> Optional[JobReturn]:
+    """Rank 0's JobReturn once every rank is done; None if the job failed (a rank recorded an
+    error, or submitit found a task without a result)."""
+    if not wait_for_results(job):
+        return None
+    try:
+        return job.results()[0]
+    except Exception:  # submitit's UncompletedJobError / FailedJobError, or a job it lost track of
+        return None
 
 
 def wait_for_results(job: Any) -> bool:
