@@ -105,23 +105,26 @@ def _sweep(cluster, tmp_path: Path, args: list[str], sweep: Path, timeout: float
     given, runs while the command does."""
     cmd = [sys.executable, "-m", "alpacare", "-m", "hydra/launcher=slurm", *args, "logger=none",
            f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"]
-    with subprocess.Popen(cmd, cwd=REPO, env=cli_env(tmp_path, **cluster.env, **env), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    out, err = tmp_path / "alpacare.out", tmp_path / "alpacare.err"  # files: nothing blocks on a full pipe
+    with open(out, "w") as stdout, open(err, "w") as stderr, \
+            subprocess.Popen(cmd, cwd=REPO, env=cli_env(tmp_path, **cluster.env, **env), stdout=stdout,
+                             stderr=stderr, text=True) as proc:
         try:
             if wait is not None:
                 wait(proc)
-            stdout, stderr = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except BaseException:
             proc.kill()
             raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text())
 
 
 def _release_when_requeued(cluster, sweep: Path):
     """SLURM holds a requeued job for two minutes (its BeginTime: requeue + 120 s); release it at once,
     as `scontrol update StartTime=now` would by hand, so the test does not sit out the hold."""
     def wait(proc: subprocess.Popen) -> None:
-        while proc.poll() is None:
+        deadline = time.monotonic() + 600  # then _sweep's own timeout applies
+        while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(1)
             try:
                 job = _job_id(sweep)
