@@ -169,7 +169,9 @@ def _print_summary(run_dir: Path, summaries: dict[str, Any], ledgers: dict[str, 
 
 
 def _exit_with_one_line(prefix: str, message: str, code: int) -> None:
-    print(f"alpacare: {prefix}: {message}", file=sys.stderr)
+    """One line per problem (a sweep's failed jobs are one each: alpacare/training/slurm_launcher.py)."""
+    for line in message.splitlines() or [""]:
+        print(f"alpacare: {prefix}: {line}", file=sys.stderr)
     sys.exit(code)
 
 

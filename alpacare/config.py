@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import MISSING, ListConfig, OmegaConf
 
 from alpacare.errors import ConfigError
@@ -510,9 +511,22 @@ class Config:
     seed: int = 0
 
 
+@dataclass
+class SlurmLauncherConfig(SlurmQueueConf):
+    """``hydra/launcher=slurm`` (conf/hydra/launcher/slurm.yaml): hydra-submitit-launcher's SLURM
+    options, run by alpacare/training/slurm_launcher.py, which fails a job whose rank failed."""
+
+    _target_: str = "hydra_plugins.alpacare_launcher.SlurmLauncher"
+    # Arguments of the job script's srun (submitit's srun_args). --kill-on-bad-exit=1: a rank that
+    # exits non-zero or dies ends the job's other ranks at once, instead of leaving them in a
+    # collective until its timeout (30 minutes in torch.distributed).
+    srun_args: List[str] = field(default_factory=lambda: ["--kill-on-bad-exit=1"])
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="alpacare_schema", node=Config)
+    cs.store(group="hydra/launcher", name="alpacare_slurm", node=SlurmLauncherConfig, provider="alpacare")
     # conf/hydra/launcher/slurm.yaml: SLURM tasks and GPUs per node follow trainer.devices.
     OmegaConf.register_new_resolver("alpacare.devices_per_node", devices_per_node, replace=True)
     OmegaConf.register_new_resolver("alpacare.gpus_per_node", gpus_per_node, replace=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from tests.openai_server import OpenAITestServer
 
 REPO = Path(__file__).resolve().parents[1]
+SLURM_CLUSTER_SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
 SHARED_DATA = REPO.parent / "shared" / "alpacare-data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,3 +43,43 @@ def teacher_args(server: OpenAITestServer) -> list[str]:
 def openai_server():
     with OpenAITestServer() as server:
         yield server
+
+
+@dataclass
+class SlurmCluster:
+    """A real single-node SLURM cluster (scripts/slurm_cluster.sh) and the variables its clients need."""
+
+    dir: Path
+    env: dict[str, str]
+    up_seconds: float
+
+    def run(self, *command: str, check: bool = True) -> str:
+        """A SLURM client command (sacct, scontrol...) against this cluster; its stdout."""
+        proc = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 or not check, f"{command}: {proc.stderr}"
+        return proc.stdout
+
+    def jobs(self) -> list[dict[str, str]]:
+        """sacct's view of every job (no steps): JobID, State, ExitCode, Start, End."""
+        fields = ["JobID", "State", "ExitCode", "Start", "End"]
+        out = self.run("sacct", "-X", "-n", "--parsable2", "-o", ",".join(fields))
+        return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """Brought up once per session from Debian's packages (`scripts/slurm_cluster.sh install`; .ci/run
+    installs them) and stopped through the PIDs the script recorded. Skips where they are absent."""
+    check = subprocess.run([str(SLURM_CLUSTER_SCRIPT), "check"], capture_output=True, text=True)
+    if check.returncode:
+        pytest.skip(check.stderr.strip())
+    # Short: munge's socket path must fit in a unix socket name (108 bytes).
+    state = tmp_path_factory.mktemp("slurm")
+    started = time.perf_counter()
+    up = subprocess.run([str(SLURM_CLUSTER_SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=180)
+    up_seconds = time.perf_counter() - started
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield SlurmCluster(state, {"SLURM_CONF": str(state / "etc" / "slurm.conf")}, up_seconds)
+    finally:
+        subprocess.run([str(SLURM_CLUSTER_SCRIPT), "down", str(state)], capture_output=True, timeout=180)

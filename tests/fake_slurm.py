@@ -1,6 +1,8 @@
-"""Stand-ins for SLURM's commands, for tests: ``sbatch``, ``srun``, ``sacct``, ``squeue``, ``scancel``
-and ``scontrol requeue`` on one machine, enough for submitit (hydra/launcher=slurm) to submit,
-watch, signal and requeue real jobs.
+"""Stand-ins for SLURM's commands, for what one machine's real cluster cannot show: jobs on several
+nodes (tests/test_slurm_nodes.py). Everything one node can run goes to the real single-node cluster
+(scripts/slurm_cluster.sh, tests/test_slurm.py).
+
+``sbatch``, ``srun``, ``sacct``, ``squeue``, ``scancel`` and ``scontrol requeue`` on one machine:
 
     python tests/fake_slurm.py install BIN_DIR      # writes the executables; put BIN_DIR first on PATH
 
@@ -8,7 +10,8 @@ watch, signal and requeue real jobs.
 detached runner that executes the script with bash (each array index in turn), with the variables
 SLURM sets (job id, name, nodes, tasks per node, array ids, node list 127.0.0.1, restart count).
 ``srun CMD`` starts nodes x tasks-per-node copies of CMD with each task's SLURM_PROCID,
-SLURM_LOCALID and SLURM_NODEID, writing ``--output``/``--error`` with %j/%t/%A/%a expanded.
+SLURM_LOCALID and SLURM_NODEID (each "node" a set of processes on this machine), writing
+``--output``/``--error`` with %j/%t/%A/%a expanded; other options are ignored.
 ``scancel JOB --signal SIG`` signals the job's tasks (what SLURM does before a time limit);
 ``scancel JOB`` cancels it. ``scontrol requeue JOB`` ends the running script (SIGTERM, then SIGKILL
 after 3 s, as KillWait) and runs it again with SLURM_RESTART_COUNT incremented. ``sacct`` reports

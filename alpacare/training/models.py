@@ -10,18 +10,21 @@ Shared by the train, predict and benchmark stages. Everything works offline (HF_
   online. Anything else is a one-line ConfigError.
 
 Directories that other code trusts (the conversion cache, a trained model) are written into a
-temp dir and renamed into place, so a killed process never leaves one that looks complete.
+temp dir and renamed into place, so a killed process never leaves one that looks complete, under
+a lock file beside them, so that concurrent processes (the ranks of a job) build one once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import importlib.util
 import logging
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -44,33 +47,61 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_directory(dest: Path, *, replace: bool = True) -> Iterator[Path]:
-    """Yield a temp dir next to ``dest``; on success rename it to ``dest``, on error delete it.
+# (thread, directory) pairs this process holds directory_lock on: it is re-entrant.
+_held_locks: set[tuple[int, Path]] = set()
 
-    ``replace=False`` keeps an existing ``dest`` (another process finished first) and drops ours.
+
+@contextlib.contextmanager
+def directory_lock(dest: Path) -> Iterator[None]:
+    """Hold ``dest`` against every other process: ``fcntl.flock`` on ``.<name>.lock`` beside it.
+
+    What is built once on first use (the GGUF conversion) is built by one process while the others
+    (every rank of a job on this node) wait, then find it done. The OS drops the lock when its
+    holder dies, so a killed process never leaves it held. On a shared filesystem with working
+    locks (NFS, Lustre) it holds across nodes too. Re-entrant within a thread.
     """
-    dest = Path(dest)
+    dest = Path(dest).absolute()
+    key = (threading.get_ident(), dest)
+    if key in _held_locks:
+        yield
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # left behind by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dest.exists():
-        if not replace:
+    with open(dest.parent / f".{dest.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish %s", dest)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _held_locks.add(key)
+        try:
+            yield
+        finally:
+            _held_locks.discard(key)  # closing the file releases the lock
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: Path) -> Iterator[Path]:
+    """Yield a temp dir next to ``dest``; on success rename it to ``dest`` (replacing it), on error
+    delete it. Under ``directory_lock(dest)``: a temp dir found there was left by a killed process
+    (a live writer would hold the lock), so it is removed, never another writer's work."""
+    dest = Path(dest)
+    with directory_lock(dest):
+        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            return
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
+            raise
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,9 +161,17 @@ def in_hub_cache(repo_id: str) -> bool:
 
 
 def convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> Path:
-    """De-quantize a GGUF checkpoint once into a safetensors model dir (model + tokenizer)."""
+    """De-quantize a GGUF checkpoint once into a safetensors model dir (model + tokenizer): one
+    process converts, the others (every rank of a job on the node) wait for it and read the result."""
     if (dest / "config.json").is_file():
         return dest
+    with directory_lock(dest):
+        if (dest / "config.json").is_file():  # converted while we waited
+            return dest
+        return _convert_gguf(src_dir, gguf_file, dest)
+
+
+def _convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,7 +187,7 @@ def convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), assign=True)
     model.tie_weights()
-    with atomic_directory(dest, replace=False) as tmp:
+    with atomic_directory(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(f"Converted from {src_dir / gguf_file} by alpacare.training.models.convert_gguf\n")
