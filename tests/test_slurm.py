@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, cli_env, run_cli
-from tests.test_train_distributed import COMMON, NINE, _assert_same_weights
 from tests.test_train_support import (  # noqa: F401  (fixtures)
+    COMMON,
+    NINE,
+    assert_same_weights,
     RECORDS,
     cache_dir,
     read_stats,
@@ -263,7 +265,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
     stats = read_stats(sweep / "0")
     assert (stats["world_size"], stats["devices_per_node"], stats["steps"]) == (2, 2, 5)
     assert stats["resumed_from"].endswith("last.ckpt")
-    _assert_same_weights(single / "train" / "model", sweep / "0" / "train" / "model")
+    assert_same_weights(single / "train" / "model", sweep / "0" / "train" / "model")
     print(f"requeue on SLURM: {seconds:.1f}s")
 
 

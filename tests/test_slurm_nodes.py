@@ -21,8 +21,10 @@ import pytest
 
 from tests.conftest import REPO, cli_env
 from tests.fake_slurm import install
-from tests.test_train_distributed import COMMON, NINE, _assert_same_weights
 from tests.test_train_support import (  # noqa: F401  (fixtures)
+    COMMON,
+    NINE,
+    assert_same_weights,
     cache_dir,
     read_stats,
     run_train,
@@ -94,4 +96,4 @@ srun --kill-on-bad-exit=1 {sys.executable} -m alpacare {overrides}
     stats = read_stats(run_dir)
     assert (stats["world_size"], stats["num_nodes"], stats["devices_per_node"], stats["steps"]) == (2, 2, 1, 5)
     assert stats["resumed_from"].endswith("last.ckpt")
-    _assert_same_weights(single / "train" / "model", run_dir / "train" / "model")
+    assert_same_weights(single / "train" / "model", run_dir / "train" / "model")
