@@ -95,6 +95,15 @@ class Completion:
     price_factor: float = 1.0
 
 
+def json_response_format(schema: dict[str, Any], name: str, schema_style: str) -> dict[str, Any]:
+    """``response_format`` that constrains decoding to ``schema`` in a server's dialect
+    (``<role>.schema_style``): llama-cpp-python's json_object with an inline schema, else OpenAI's
+    strict json_schema (also vLLM / Ollama)."""
+    if schema_style == "llama_cpp":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
 def work_log_usage(completion: Optional[Completion]) -> dict[str, Any]:
     """The usage fields a stage's work log keeps per request (``count_earlier_spend`` reads them)."""
     c = completion
@@ -247,9 +256,7 @@ class LLMClient:
         """``response_format`` that constrains decoding to ``schema``, in the server's dialect."""
         if not self.structured_output:
             return None
-        if self.schema_style == "llama_cpp":  # llama-cpp-python: json_object with an inline schema
-            return {"type": "json_object", "schema": schema}
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        return json_response_format(schema, name, self.schema_style)
 
     def count_earlier_spend(self, work_log: Sequence[dict[str, Any]]) -> None:
         """Charge the requests a stage's work log shows as paid before this resume against
