@@ -95,3 +95,78 @@ def static_http_server(directory: Path) -> Iterator[tuple[str, list[str]]]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def simple_evals():
+    """The shared simple-evals modules, imported as a package (``simple_evals.healthbench_eval``,
+    ``simple_evals.healthbench_meta_eval``) for tests that check our numbers against theirs. Their
+    imports that the functions under test do not use (the report helpers in ``common``, the data
+    reader ``blobfile``) get small stand-ins; the result types are plain dataclasses."""
+    import dataclasses
+    import importlib
+    import types
+
+    if not (SHARED_SIMPLE_EVALS / "healthbench_eval.py").is_file():
+        pytest.skip("needs ../shared/simple-evals")
+
+    @dataclasses.dataclass
+    class EvalResult:
+        score: object = None
+        metrics: object = None
+        htmls: object = None
+        convos: object = None
+        metadata: object = None
+
+    @dataclasses.dataclass
+    class SingleEvalResult:
+        score: object = None
+        metrics: object = dataclasses.field(default_factory=dict)
+        html: object = None
+        convo: object = None
+        example_level_metadata: object = None
+
+    class SamplerBase:
+        def __call__(self, message_list):
+            raise NotImplementedError
+
+    @dataclasses.dataclass
+    class SamplerResponse:
+        response_text: str
+        actual_queried_message_list: list
+        response_metadata: dict
+
+    class _Template:
+        def render(self, **kwargs):
+            return ""
+
+    stand_ins = {
+        "simple_evals.types": dict(Eval=object, EvalResult=EvalResult, SingleEvalResult=SingleEvalResult,
+                                   SamplerBase=SamplerBase, SamplerResponse=SamplerResponse, MessageList=list),
+        "simple_evals.common": dict(HTML_JINJA="", jinja_env=types.SimpleNamespace(from_string=lambda s: _Template()),
+                                    map_with_progress=lambda fn, xs, num_threads=None, pbar=False: [fn(x) for x in xs],
+                                    aggregate_results=lambda results, default_stats=(): EvalResult(metrics={})),
+        "blobfile": dict(BlobFile=None),
+    }
+    saved = {name: sys.modules.get(name) for name in [*stand_ins, "simple_evals", "simple_evals.sampler"]}
+    package = types.ModuleType("simple_evals")
+    package.__path__ = [str(SHARED_SIMPLE_EVALS)]
+    sys.modules["simple_evals"] = package
+    for name, attrs in stand_ins.items():
+        if name == "blobfile" and saved[name] is not None:
+            continue
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
+    try:
+        yield types.SimpleNamespace(eval=importlib.import_module("simple_evals.healthbench_eval"),
+                                    meta=importlib.import_module("simple_evals.healthbench_meta_eval"),
+                                    SingleEvalResult=SingleEvalResult, SamplerResponse=SamplerResponse)
+    finally:
+        for name in [m for m in sys.modules if m == "simple_evals" or m.startswith("simple_evals.")]:
+            del sys.modules[name]
+        for name, module in saved.items():
+            if module is not None:
+                sys.modules[name] = module
+            else:
+                sys.modules.pop(name, None)

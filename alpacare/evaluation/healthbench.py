@@ -359,8 +359,9 @@ def _balanced(metrics: dict[str, dict[str, Optional[float]]]) -> dict[str, dict[
     return out
 
 
-def physician_agreement(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each physician against the other physicians of the rows they labelled: ``{key: {physician: value}}``."""
+def physician_agreement(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Optional[float]]]]:
+    """Each physician against the other physicians of the rows they labelled:
+    ``{key: {physician: {"n", "value"}}}``."""
     per: dict[str, tuple[list[bool], list[list[bool]], list[str]]] = defaultdict(lambda: ([], [], []))
     for row in rows:
         labels = row["binary_labels"]
@@ -369,14 +370,14 @@ def physician_agreement(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, f
             own.append(labels[i])
             others.append(labels[:i] + labels[i + 1:])
             clusters.append(row["category"])
-    by_key: dict[str, dict[str, float]] = defaultdict(dict)
+    by_key: dict[str, dict[str, dict[str, Optional[float]]]] = defaultdict(dict)
     for physician, (own, others, clusters) in per.items():
         for key, m in rater_agreement(own, others, clusters, "physician").items():
-            by_key[key][physician] = m["value"]
+            by_key[key][physician] = m
     return by_key
 
 
-def physician_mean(by_key: dict[str, dict[str, Optional[float]]], key: str) -> tuple[Optional[float], int]:
+def physician_mean(by_key: dict[str, dict[str, dict[str, Optional[float]]]], key: str) -> tuple[Optional[float], int]:
     """The mean of ``key`` over the physicians who have a value, and how many do."""
-    values = [v for v in by_key.get(key, {}).values() if v is not None]
+    values = [m["value"] for m in by_key.get(key, {}).values() if m["value"] is not None]
     return (float(np.mean(values)) if values else None), len(values)
