@@ -42,8 +42,9 @@ import numpy as np
 from alpacare.data.healthbench import load_conversations
 from alpacare.data.jsonl import AppendLog, read_records
 from alpacare.errors import DataError
-from alpacare.llm.client import Completion, Ledger, LLMClient, Request, paid_cost, work_log_usage
-from alpacare.prompts.healthbench import REQUEST_VERSION, GraderProtocol, rubric_item
+from alpacare.llm.client import (Completion, Ledger, LLMClient, Request, endpoint_identity, json_response_format,
+                                 paid_cost, work_log_usage)
+from alpacare.prompts.healthbench import REQUEST_VERSION, VERDICT_SCHEMA, GraderProtocol, rubric_item
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,30 @@ class Graded:
 class GradingRun:
     graded: dict[str, Graded]
     work_records: list[dict[str, Any]] = field(default_factory=list)  # this run's work-log lines (current requests)
+
+
+def grader_settings(cfg: Any, hb: Any, protocol: GraderProtocol, kind: str) -> GraderSettings:
+    """simple-evals' sampling unless ``healthbench.*`` overrides it; the verdict schema for the
+    embedded grader (or as ``healthbench.schema`` says)."""
+    schema = hb.schema if hb.schema is not None else bool(cfg.launch_local)
+    response_format = None
+    if schema:
+        verdict = VERDICT_SCHEMA
+        if cfg.schema_style != "llama_cpp":  # OpenAI's strict schemas take no maxLength
+            verdict = {**verdict, "properties": {**verdict["properties"], "explanation": {"type": "string"}}}
+        response_format = json_response_format(verdict, "rubric_verdict", cfg.schema_style)
+    return GraderSettings(
+        temperature=protocol.temperature if hb.temperature is None else hb.temperature,
+        max_tokens=protocol.max_tokens if hb.max_tokens is None else hb.max_tokens,
+        retries=hb.retries, response_format=response_format, kind=kind)
+
+
+def grader_description(cfg: Any, settings: GraderSettings, protocol: GraderProtocol) -> dict[str, Any]:
+    """The grader as stats.json records it (simple-evals' own grader is ``protocol.model``)."""
+    return {"preset": cfg.name, "model": cfg.model, "endpoint": endpoint_identity(cfg, cfg.base_url),
+            "local": bool(cfg.launch_local), "simple_evals_grader": protocol.model,
+            "temperature": settings.temperature, "max_tokens": settings.max_tokens, "retries": settings.retries,
+            "schema": settings.response_format is not None, "protocol_source": protocol.source()}
 
 
 def _request(key: str, attempt: int, messages: tuple[dict[str, str], ...], settings: GraderSettings) -> Request:

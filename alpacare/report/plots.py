@@ -98,6 +98,29 @@ def healthbench_chart(path: Path, rows: list[dict], title: str) -> Path:
     return save_figure(fig, path)
 
 
+def grader_agreement_chart(path: Path, rows: list[dict], title: str) -> Path:
+    """HealthBench meta-eval: per category (overall first), the grader's balanced F1 against the
+    physicians beside the physicians' mean balanced F1 against each other."""
+    import numpy as np
+
+    labels = [str(r["category"]).removeprefix("cluster:") for r in rows]
+    ys = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.45 * len(rows) + 1.4)))
+    for offset, key, name, color in ((-0.2, "grader_f1_balanced", "grader vs physicians", "#4c72b0"),
+                                     (0.2, "physicians_f1_balanced", "physicians vs each other (mean)", "#55a868")):
+        values = [r.get(key) for r in rows]
+        bars = ax.barh(ys + offset, [v if v is not None else 0 for v in values], 0.38, label=name, color=color)
+        ax.bar_label(bars, labels=["–" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("balanced F1 (pairwise, simple-evals' meta-eval)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)

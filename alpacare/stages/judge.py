@@ -309,35 +309,11 @@ HEALTHBENCH_WORK_LOG = "healthbench_requests.jsonl"
 HEALTHBENCH_BATCH_LOG = "healthbench_batches.jsonl"
 
 
-def grader_settings(cfg: Any, hb: Any, protocol: healthbench_prompt.GraderProtocol, kind: str) -> hb_eval.GraderSettings:
-    """simple-evals' sampling unless ``healthbench.*`` overrides it; the verdict schema for the
-    embedded grader (or as ``healthbench.schema`` says)."""
-    schema = hb.schema if hb.schema is not None else bool(cfg.launch_local)
-    response_format = None
-    if schema:
-        verdict = healthbench_prompt.VERDICT_SCHEMA
-        if cfg.schema_style != "llama_cpp":  # OpenAI's strict schemas take no maxLength
-            verdict = {**verdict, "properties": {**verdict["properties"], "explanation": {"type": "string"}}}
-        response_format = json_response_format(verdict, "rubric_verdict", cfg.schema_style)
-    return hb_eval.GraderSettings(
-        temperature=protocol.temperature if hb.temperature is None else hb.temperature,
-        max_tokens=protocol.max_tokens if hb.max_tokens is None else hb.max_tokens,
-        retries=hb.retries, response_format=response_format, kind=kind)
-
-
-def grader_description(cfg: Any, settings: hb_eval.GraderSettings, protocol: healthbench_prompt.GraderProtocol) -> dict[str, Any]:
-    """The grader as stats.json records it (simple-evals' own grader is ``protocol.model``)."""
-    return {"preset": cfg.name, "model": cfg.model, "endpoint": endpoint_identity(cfg, cfg.base_url),
-            "local": bool(cfg.launch_local), "simple_evals_grader": protocol.model,
-            "temperature": settings.temperature, "max_tokens": settings.max_tokens, "retries": settings.retries,
-            "schema": settings.response_format is not None, "protocol_source": protocol.source()}
-
-
 def _healthbench(ctx: StageContext, test_sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Grade every rubric item of every answered conversation; score each set as simple-evals does."""
     cfg, hb = ctx.cfg.judge, ctx.cfg.healthbench
     protocol = healthbench_prompt.load_protocol(ctx.cfg.cache_dir)
-    settings = grader_settings(cfg, hb, protocol, kind="healthbench")
+    settings = hb_eval.grader_settings(cfg, hb, protocol, kind="healthbench")
     pairs = {}
     for test_set in test_sets:
         path = ctx.input_path(PREDICTIONS, test_set=test_set)
@@ -355,7 +331,7 @@ def _healthbench(ctx: StageContext, test_sets: list[str]) -> tuple[dict[str, Any
         rows.append(row)
     write_jsonl_atomic(HEALTHBENCH_GRADES.path(ctx.run_dir), grades)
     write_jsonl_atomic(HEALTHBENCH_SCORES.path(ctx.run_dir), scores)
-    grader = grader_description(cfg, settings, protocol)
+    grader = hb_eval.grader_description(cfg, settings, protocol)
     chart = healthbench_chart(ctx.dir / "healthbench.png", rows,
                               f"HealthBench, grader {cfg.model}{' (weak local grader)' if cfg.launch_local else ''}: "
                               "mean clipped to [0, 1], bootstrap std bars")

@@ -1,0 +1,180 @@
+"""The judge stage on HealthBench sets, through the real CLI and the real ``openai`` client against
+the loopback server playing the grader: every rubric item is one request as simple-evals sends it
+(system message, temperature, max_tokens from the pinned files), a reply that does not parse is
+asked again a bounded number of times and the unparsed are counted, the stage's numbers equal
+simple-evals' own functions run on the same verdicts (1e-9), a rerun asks nothing, and a spend cap
+stops cleanly with every paid verdict kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import HEALTHBENCH_EXAMPLES, run_cli
+from tests.openai_server import OpenAITestServer
+from tests.test_pipeline import assert_one_line_error
+
+pytestmark = pytest.mark.timeout(300)
+TOL = 1e-9
+ALWAYS_BAD = "Invents findings"  # the grader never answers this criterion in JSON
+BAD_ONCE = "overly verbose"  # ... answers it in JSON on the second request
+
+
+def _rubric_and_answer(prompt: str) -> tuple[str, str]:
+    rubric = prompt.split("# Rubric item\n", 1)[1].split("\n\n# Instructions", 1)[0]
+    conversation = prompt.split("# Conversation\n", 1)[1].split("\n\n# Rubric item", 1)[0]
+    return rubric, conversation.rsplit("\n\nassistant: ", 1)[1]
+
+
+def met(rubric: str, answer: str) -> bool:
+    return int(hashlib.sha256((rubric + answer).encode()).hexdigest(), 16) % 3 != 0
+
+
+class Grader:
+    """The test grader: a rule on the rubric item and the answer, in simple-evals' fenced JSON;
+    misbehaving on purpose for two criteria."""
+
+    def __init__(self):
+        self.seen: Counter = Counter()
+
+    def __call__(self, body: dict) -> str:
+        prompt = body["messages"][-1]["content"]
+        rubric, answer = _rubric_and_answer(prompt)
+        self.seen[prompt] += 1
+        if ALWAYS_BAD in rubric or (BAD_ONCE in rubric and self.seen[prompt] == 1):
+            return "The answer is fine, I think."
+        verdict = {"explanation": f"checked {rubric[:20]}", "criteria_met": met(rubric, answer)}
+        return "```json\n" + json.dumps(verdict, indent=2) + "\n```"
+
+
+def write_predictions(path: Path) -> list[dict]:
+    conversations = [json.loads(line) for line in (HEALTHBENCH_EXAMPLES / "healthbench.jsonl").read_text().splitlines()]
+    records = [{"prompt_id": c["prompt_id"], "output": f"Answer {k}: please see a doctor soon; call 911 if it is an emergency."}
+               for k, c in enumerate(conversations)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return conversations
+
+
+def judge_args(server: OpenAITestServer, run_dir: Path, predictions: Path, *extra: str) -> list[str]:
+    return ["stages=[judge]", "judge=openai_compatible", f"judge.base_url={server.url}", "judge.model=test-grader",
+            f"judge.predictions={predictions}", "judge.test_set=healthbench", "healthbench.retries=2",
+            "logger=none", f"hydra.run.dir={run_dir}", *extra]
+
+
+def simple_evals_on(simple_evals, conversations, grades, answers) -> tuple:
+    """simple-evals' grade_sample and aggregation on the stage's parsed verdicts (an unparsed
+    criterion, which simple-evals would ask about for ever, is left out as the stage leaves it out)."""
+    module = simple_evals.eval
+    verdicts = {(g["prompt_id"], g["criterion_index"]): g for g in grades}
+    results = []
+    for c in conversations:
+        kept = [(k, r) for k, r in enumerate(c["rubrics"]) if verdicts[(c["prompt_id"], k)]["criteria_met"] is not None]
+        replies = iter([json.dumps({"criteria_met": verdicts[(c["prompt_id"], k)]["criteria_met"]}) for k, _ in kept])
+
+        class Replay:
+            def __call__(self, messages):
+                return simple_evals.SamplerResponse(next(replies), messages, {})
+
+        evaluator = object.__new__(module.HealthBenchEval)
+        evaluator.grader_model = Replay()
+        metrics, _, _ = evaluator.grade_sample(c["prompt"], answers[c["prompt_id"]], c["example_tags"],
+                                               [module.RubricItem.from_dict(r) for _, r in kept])
+        results.append(simple_evals.SingleEvalResult(score=metrics["overall_score"], metrics=metrics))
+    np.random.seed(0)  # healthbench.bootstrap_seed's default
+    return module._aggregate_get_clipped_mean(results)
+
+
+def test_grading_as_simple_evals_with_bounded_retries_and_resume(tmp_path, healthbench_data, simple_evals):
+    predictions = tmp_path / "answers.jsonl"
+    conversations = write_predictions(predictions)
+    answers = {json.loads(line)["prompt_id"]: json.loads(line)["output"] for line in predictions.read_text().splitlines()}
+    criteria = sum(len(c["rubrics"]) for c in conversations)
+    bad_once = sum(BAD_ONCE in r["criterion"] for c in conversations for r in c["rubrics"])
+    always_bad = sum(ALWAYS_BAD in r["criterion"] for c in conversations for r in c["rubrics"])
+    assert bad_once and always_bad
+    run_dir = tmp_path / "run"
+    grader = Grader()
+    with OpenAITestServer(reply=grader) as server:
+        proc = run_cli(judge_args(server, run_dir, predictions), tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        requests = server.state.requests
+        assert len(requests) == criteria + bad_once + 2 * always_bad
+        for body in requests:  # simple-evals' grader request
+            assert [m["role"] for m in body["messages"]] == ["system", "user"]
+            assert body["messages"][0]["content"] == "You are a helpful assistant."
+            assert body["temperature"] == 0.5 and body["max_tokens"] == 2048 and "response_format" not in body
+
+        stats = json.loads((run_dir / "judge" / "stats.json").read_text())
+        row, = stats["healthbench"]
+        assert row["criteria"] == criteria and row["criteria_unparsed"] == always_bad
+        assert row["criteria_retried"] == bad_once + always_bad and row["conversations"] == len(conversations)
+        assert stats["healthbench_grader"]["simple_evals_grader"] == "gpt-4.1-2025-04-14"
+        assert stats["healthbench_spend"]["requests"] == len(requests)
+        grades = [json.loads(line) for line in (run_dir / "judge" / "healthbench_grades.jsonl").read_text().splitlines()]
+        assert len(grades) == criteria
+        assert sum(g["criteria_met"] is None for g in grades) == always_bad
+        assert all(g["raw"] == "The answer is fine, I think." for g in grades if g["criteria_met"] is None)
+        for g in grades:
+            if g["criteria_met"] is not None:
+                assert g["criteria_met"] == met(f"[{g['points']}] {g['criterion']}", answers[g["prompt_id"]])
+
+        theirs = simple_evals_on(simple_evals, conversations, grades, answers)
+        assert row["score"] == pytest.approx(theirs.score, abs=TOL)
+        assert set(row["metrics"]) == set(theirs.metrics)
+        for key, value in theirs.metrics.items():
+            assert row["metrics"][key] == pytest.approx(value, abs=TOL), key
+        assert row["bootstrap_std"] == pytest.approx(theirs.metrics["score:bootstrap_std"], abs=TOL)
+        assert {t["tag"] for t in row["themes"]} == {t for c in conversations for t in c["example_tags"] if t.startswith("theme:")}
+        assert (run_dir / "judge" / "healthbench.png").stat().st_size > 0
+        assert "healthbench/score=" in proc.stdout
+
+        # A rerun on the same run dir asks nothing again.
+        proc = run_cli(judge_args(server, run_dir, predictions), tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(server.state.requests) == len(requests)
+
+
+def test_spend_cap_stops_cleanly_and_resumes_without_repeating(tmp_path, healthbench_data):
+    predictions = tmp_path / "answers.jsonl"
+    conversations = write_predictions(predictions)
+    criteria = sum(len(c["rubrics"]) for c in conversations)
+    run_dir = tmp_path / "run"
+    with OpenAITestServer(reply=lambda body: '{"criteria_met": true, "explanation": "ok"}') as server:
+        args = judge_args(server, run_dir, predictions, "judge.price_input_per_1m=100", "judge.max_cost_usd=0.23",
+                          "judge.max_concurrency=1")
+        proc = run_cli(args, tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
+        assert_one_line_error(proc, "judge.max_cost_usd=0.23")
+        assert proc.returncode == 3
+        paid = len(server.state.requests)
+        assert 0 < paid < criteria
+        assert len((run_dir / "judge" / "healthbench_requests.jsonl").read_text().splitlines()) == paid
+        assert not (run_dir / "judge" / "stats.json").exists()
+        proc = run_cli([*args[:-2], "judge.max_cost_usd=100"], tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert len(server.state.requests) == criteria
+        row, = json.loads((run_dir / "judge" / "stats.json").read_text())["healthbench"]
+        every_criterion_met = [sum(r["points"] for r in c["rubrics"]) / sum(r["points"] for r in c["rubrics"] if r["points"] > 0)
+                               for c in conversations]
+        assert row["score"] == pytest.approx(min(1.0, max(0.0, float(np.mean(every_criterion_met)))), abs=TOL)
+        assert row["criteria_unparsed"] == 0
+
+
+def test_predictions_of_another_set_are_refused(tmp_path, healthbench_data, monkeypatch):
+    from alpacare.errors import DataError
+    from alpacare.evaluation.healthbench import align_predictions
+
+    monkeypatch.setenv("ALPACARE_DATA_DIR", str(healthbench_data))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt_id": "not-a-conversation", "output": "hi"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: record 1: prompt_id 'not-a-conversation' is not a healthbench conversation"):
+        align_predictions(bad, "healthbench", None, None)
+    conversation = json.loads((HEALTHBENCH_EXAMPLES / "healthbench.jsonl").read_text().splitlines()[1])
+    bad.write_text(json.dumps({"prompt_id": conversation["prompt_id"], "output": "hi",
+                               "messages": conversation["prompt"][1:]}) + "\n")
+    with pytest.raises(DataError, match="its conversation differs from healthbench's hb-test-0002"):
+        align_predictions(bad, "healthbench", None, None)
