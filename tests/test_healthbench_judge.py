@@ -60,8 +60,8 @@ def write_predictions(path: Path) -> list[dict]:
     return conversations
 
 
-def judge_args(server: OpenAITestServer, run_dir: Path, predictions: Path, *extra: str) -> list[str]:
-    return ["stages=[judge]", "judge=openai_compatible", f"judge.base_url={server.url}", "judge.model=test-grader",
+def judge_args(server: OpenAITestServer, run_dir: Path, predictions: Path, *extra: str, stages: str = "judge") -> list[str]:
+    return [f"stages=[{stages}]", "judge=openai_compatible", f"judge.base_url={server.url}", "judge.model=test-grader",
             f"judge.predictions={predictions}", "judge.test_set=healthbench", "healthbench.retries=2",
             "logger=none", f"hydra.run.dir={run_dir}", *extra]
 
@@ -97,13 +97,15 @@ def test_grading_as_simple_evals_with_bounded_retries_and_resume(tmp_path, healt
     bad_once = sum(BAD_ONCE in r["criterion"] for c in conversations for r in c["rubrics"])
     always_bad = sum(ALWAYS_BAD in r["criterion"] for c in conversations for r in c["rubrics"])
     assert bad_once and always_bad
+    meta = [json.loads(line) for line in (HEALTHBENCH_EXAMPLES / "healthbench_meta.jsonl").read_text().splitlines()]
     run_dir = tmp_path / "run"
     grader = Grader()
     with OpenAITestServer(reply=grader) as server:
-        proc = run_cli(judge_args(server, run_dir, predictions), tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
+        args = judge_args(server, run_dir, predictions, "healthbench.worst_criteria=3", stages="judge,grader_check,report")
+        proc = run_cli([a for a in args if a != "logger=none"], tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
         assert proc.returncode == 0, proc.stderr[-3000:]
         requests = server.state.requests
-        assert len(requests) == criteria + bad_once + 2 * always_bad
+        assert len(requests) == criteria + bad_once + 2 * always_bad + len(meta)
         for body in requests:  # simple-evals' grader request
             assert [m["role"] for m in body["messages"]] == ["system", "user"]
             assert body["messages"][0]["content"] == "You are a helpful assistant."
@@ -114,7 +116,7 @@ def test_grading_as_simple_evals_with_bounded_retries_and_resume(tmp_path, healt
         assert row["criteria"] == criteria and row["criteria_unparsed"] == always_bad
         assert row["criteria_retried"] == bad_once + always_bad and row["conversations"] == len(conversations)
         assert stats["healthbench_grader"]["simple_evals_grader"] == "gpt-4.1-2025-04-14"
-        assert stats["healthbench_spend"]["requests"] == len(requests)
+        assert stats["healthbench_spend"]["requests"] == len(requests) - len(meta)
         grades = [json.loads(line) for line in (run_dir / "judge" / "healthbench_grades.jsonl").read_text().splitlines()]
         assert len(grades) == criteria
         assert sum(g["criteria_met"] is None for g in grades) == always_bad
@@ -133,8 +135,34 @@ def test_grading_as_simple_evals_with_bounded_retries_and_resume(tmp_path, healt
         assert (run_dir / "judge" / "healthbench.png").stat().st_size > 0
         assert "healthbench/score=" in proc.stdout
 
+        # The grader check: the same labels through simple-evals' meta-eval give the same agreement.
+        check = json.loads((run_dir / "grader_check" / "stats.json").read_text())
+        labels = [json.loads(line) for line in (run_dir / "grader_check" / "labels.jsonl").read_text().splitlines()]
+        assert [x["grader_label"] for x in labels] == [met(m["rubric"], m["completion"]) for m in meta]
+        replies = iter(x["grader_label"] for x in labels)
+        evaluator = object.__new__(simple_evals.meta.HealthBenchMetaEval)
+        evaluator.examples, evaluator.n_threads = meta, 1
+        their = evaluator(lambda messages: simple_evals.SamplerResponse(json.dumps({"criteria_met": next(replies)}), messages, {}))
+        assert check["grader_f1_balanced"] == pytest.approx(their.metrics["pairwise_model_f1_balanced"], abs=TOL)
+        physicians = [m["value"] for m in their.metadata["physician_agreement_metric_lists"]["pairwise_physician_f1_balanced"].values()
+                      if m["value"] is not None]
+        assert check["physicians_f1_balanced"] == pytest.approx(float(np.mean(physicians)), abs=TOL)
+        for key, value in their.metrics.items():
+            if key.startswith("pairwise_model") or ": pairwise_model" in key:
+                assert check["grader_metrics"][key] == pytest.approx(value, abs=TOL), key
+
+        # Where people look: the report's section and W&B's offline runs.
+        report = (run_dir / "report" / "report.md").read_text()
+        section = report.split("## HealthBench", 1)[1].split("\n## ", 1)[0]
+        assert f"{row['score']:.3f} ± {row['bootstrap_std']:.3f}" in section
+        assert "Rubric items the answers lost most points on" in section and "Grader check against physicians" in section
+        assert "healthbench.png" in section and "agreement.png" in section
+        assert section.count("| [") >= 3  # the three costliest rubric items, with their points
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 3
+
         # A rerun on the same run dir asks nothing again.
-        proc = run_cli(judge_args(server, run_dir, predictions), tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
+        proc = run_cli(judge_args(server, run_dir, predictions, stages="judge,grader_check"), tmp_path,
+                       ALPACARE_DATA_DIR=str(healthbench_data))
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert len(server.state.requests) == len(requests)
 

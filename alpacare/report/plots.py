@@ -105,7 +105,7 @@ def grader_agreement_chart(path: Path, rows: list[dict], title: str) -> Path:
 
     labels = [str(r["category"]).removeprefix("cluster:") for r in rows]
     ys = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.45 * len(rows) + 1.4)))
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.45 * len(rows) + 1.9)))
     for offset, key, name, color in ((-0.2, "grader_f1_balanced", "grader vs physicians", "#4c72b0"),
                                      (0.2, "physicians_f1_balanced", "physicians vs each other (mean)", "#55a868")):
         values = [r.get(key) for r in rows]
@@ -115,7 +115,7 @@ def grader_agreement_chart(path: Path, rows: list[dict], title: str) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("balanced F1 (pairwise, simple-evals' meta-eval)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

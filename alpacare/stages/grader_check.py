@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "grader": hb_eval.grader_description(cfg, settings, protocol), "weak_grader": bool(cfg.launch_local),
         "rows": len(rows), "rows_unparsed": len(rows) - len(kept), "physician_labels": sum(len(r["binary_labels"]) for r in kept_rows),
         "grader_f1_balanced": overall["grader_f1_balanced"], "physicians_f1_balanced": overall["physicians_f1_balanced"],
-        "physicians": overall["physicians"], "categories": categories, "chart": str(chart),
+        "physicians": overall["physicians"], "pairs": overall["pairs"], "categories": categories, "chart": str(chart),
         "grader_metrics": {k: v["value"] for k, v in grader.items() if v["value"] is not None},
         "prompt_tokens": spend["prompt_tokens"], "completion_tokens": spend["completion_tokens"],
         "cost_usd": spend["cost_usd"], "cost_usd_possibly_billed": spend["cost_usd_possibly_billed"],
