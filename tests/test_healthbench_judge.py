@@ -17,7 +17,6 @@ import pytest
 
 from tests.conftest import HEALTHBENCH_EXAMPLES, run_cli
 from tests.openai_server import OpenAITestServer
-from tests.test_pipeline import assert_one_line_error
 
 pytestmark = pytest.mark.timeout(300)
 TOL = 1e-9
@@ -167,25 +166,44 @@ def test_grading_as_simple_evals_with_bounded_retries_and_resume(tmp_path, healt
         assert len(server.state.requests) == len(requests)
 
 
-def test_spend_cap_stops_cleanly_and_resumes_without_repeating(tmp_path, healthbench_data):
+def test_spend_cap_stops_cleanly_and_resumes_without_repeating(tmp_path, healthbench_data, monkeypatch):
+    """In process (the CLI's one-line exit 3 on the cap is the judge's, tested in test_judge.py)."""
+    from omegaconf import OmegaConf
+
+    from alpacare.config import HealthBenchConfig, JudgeConfig
+    from alpacare.errors import SpendCapReached
+    from alpacare.evaluation import healthbench as hb_eval
+    from alpacare.llm.client import LLMClient, ResponseCache, endpoint_identity
+    from alpacare.prompts.healthbench import load_protocol
+
+    monkeypatch.setenv("ALPACARE_DATA_DIR", str(healthbench_data))
     predictions = tmp_path / "answers.jsonl"
     conversations = write_predictions(predictions)
     criteria = sum(len(c["rubrics"]) for c in conversations)
-    run_dir = tmp_path / "run"
+    protocol = load_protocol()
+    pairs = hb_eval.align_predictions(predictions, "healthbench", None, None)
+    subjects = hb_eval.rubric_subjects("healthbench", pairs, protocol)
     with OpenAITestServer(reply=lambda body: '{"criteria_met": true, "explanation": "ok"}') as server:
-        args = judge_args(server, run_dir, predictions, "judge.price_input_per_1m=100", "judge.max_cost_usd=0.23",
-                          "judge.max_concurrency=1")
-        proc = run_cli(args, tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
-        assert_one_line_error(proc, "judge.max_cost_usd=0.23")
-        assert proc.returncode == 3
+        def run(cap: float):
+            cfg = OmegaConf.structured(JudgeConfig(name="test", model="test-grader", base_url=server.url, max_concurrency=1,
+                                                   price_input_per_1m=100, max_cost_usd=cap))
+            settings = hb_eval.grader_settings(cfg, OmegaConf.structured(HealthBenchConfig()), protocol, "healthbench")
+            cache = ResponseCache(tmp_path / "cache.sqlite")
+            try:
+                return hb_eval.grade(subjects, protocol, settings, cfg, endpoint_identity(cfg, cfg.base_url),
+                                     tmp_path / "requests.jsonl", tmp_path / "batches.jsonl",
+                                     lambda: LLMClient(cfg, server.url, "not-needed", cache), "test")
+            finally:
+                cache.close()
+
+        with pytest.raises(SpendCapReached, match="max_cost_usd=0.23"):
+            run(0.23)
         paid = len(server.state.requests)
         assert 0 < paid < criteria
-        assert len((run_dir / "judge" / "healthbench_requests.jsonl").read_text().splitlines()) == paid
-        assert not (run_dir / "judge" / "stats.json").exists()
-        proc = run_cli([*args[:-2], "judge.max_cost_usd=100"], tmp_path, ALPACARE_DATA_DIR=str(healthbench_data))
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert len(server.state.requests) == criteria
-        row, = json.loads((run_dir / "judge" / "stats.json").read_text())["healthbench"]
+        assert len((tmp_path / "requests.jsonl").read_text().splitlines()) == paid  # every paid verdict kept
+        graded = run(100.0)
+        assert len(server.state.requests) == criteria  # nothing asked twice
+        _, _, row = hb_eval.score_set("healthbench", pairs, graded.graded, 1000, 0)
         every_criterion_met = [sum(r["points"] for r in c["rubrics"]) / sum(r["points"] for r in c["rubrics"] if r["points"] > 0)
                                for c in conversations]
         assert row["score"] == pytest.approx(min(1.0, max(0.0, float(np.mean(every_criterion_met)))), abs=TOL)
