@@ -158,6 +158,13 @@ def test_grading_as_simple_evals_with_bounded_retries_and_resume(tmp_path, healt
         assert "healthbench.png" in section and "agreement.png" in section
         assert section.count("| [") >= 3  # the three costliest rubric items, with their points
         assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 3
+        from alpacare.report.compare import main as compare_main
+
+        assert compare_main([str(run_dir), "--out", str(tmp_path / "cmp")]) == 0
+        header, _, values = (tmp_path / "cmp" / "compare.md").read_text().splitlines()[:3]
+        columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in values.split("|")]))
+        assert float(columns["judge/healthbench/score"]) == pytest.approx(row["score"], abs=1e-4)
+        assert float(columns["grader_check/grader_f1_balanced"]) == pytest.approx(check["grader_f1_balanced"], abs=1e-4)
 
         # A rerun on the same run dir asks nothing again.
         proc = run_cli(judge_args(server, run_dir, predictions, stages="judge,grader_check"), tmp_path,
@@ -208,6 +215,35 @@ def test_spend_cap_stops_cleanly_and_resumes_without_repeating(tmp_path, healthb
                                for c in conversations]
         assert row["score"] == pytest.approx(min(1.0, max(0.0, float(np.mean(every_criterion_met)))), abs=TOL)
         assert row["criteria_unparsed"] == 0
+
+
+def test_batch_api_grades_and_re_asks_in_a_second_batch(tmp_path, healthbench_data, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from alpacare.config import HealthBenchConfig, JudgeConfig
+    from alpacare.evaluation import healthbench as hb_eval
+    from alpacare.llm.client import LLMClient, endpoint_identity
+    from alpacare.prompts.healthbench import load_protocol
+
+    monkeypatch.setenv("ALPACARE_DATA_DIR", str(healthbench_data))
+    predictions = tmp_path / "answers.jsonl"
+    conversations = write_predictions(predictions)
+    criteria = sum(len(c["rubrics"]) for c in conversations)
+    always_bad = sum(ALWAYS_BAD in r["criterion"] for c in conversations for r in c["rubrics"])
+    bad_once = sum(BAD_ONCE in r["criterion"] for c in conversations for r in c["rubrics"])
+    protocol = load_protocol()
+    pairs = hb_eval.align_predictions(predictions, "healthbench", None, None)
+    with OpenAITestServer(reply=Grader(), batch_run_s=0.1) as server:
+        cfg = OmegaConf.structured(JudgeConfig(name="test", model="test-grader", base_url=server.url, batch=True,
+                                               batch_poll_s=0.05, price_input_per_1m=1.0))
+        settings = hb_eval.grader_settings(cfg, OmegaConf.structured(HealthBenchConfig(retries=1)), protocol, "healthbench")
+        graded = hb_eval.grade(hb_eval.rubric_subjects("healthbench", pairs, protocol), protocol, settings, cfg,
+                               endpoint_identity(cfg, cfg.base_url), tmp_path / "requests.jsonl", tmp_path / "batches.jsonl",
+                               lambda: LLMClient(cfg, server.url, "not-needed", None), "test")
+        assert len(server.state.batches) == 2  # the re-asks go in a second batch
+        assert server.state.batch_lines_received == criteria + bad_once + always_bad
+    assert sum(g.verdict is None for g in graded.graded.values()) == always_bad
+    assert all(r["price_factor"] == 0.5 for r in graded.work_records)  # billed at the Batch API's price
 
 
 def test_predictions_of_another_set_are_refused(tmp_path, healthbench_data, monkeypatch):

@@ -49,7 +49,6 @@ from alpacare.prompts.healthbench import REQUEST_VERSION, VERDICT_SCHEMA, Grader
 log = logging.getLogger(__name__)
 
 OVERALL = "overall_score"
-STATS = ("mean", "n_samples", "bootstrap_std")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,15 @@ temperature 0, with our prompt or the release's exact request (``judge.prompt=pa
 leniently or by the release's rule (``judge.strict_parsing=true``) (alpacare/prompts/judge.py).
 Scores and statistics: alpacare/evaluation/winrates.py.
 
+HealthBench sets (``healthbench``, ``healthbench_hard``, ``healthbench_consensus``) among the test sets
+are graded instead as simple-evals grades them: every rubric item of every answered conversation is
+one request to the judge endpoint with simple-evals' grader request (alpacare/prompts/healthbench.py),
+a reply that does not parse is asked again up to ``healthbench.retries`` times, and each set is scored
+as simple-evals scores it (alpacare/evaluation/healthbench.py). Their work log is
+``judge/healthbench_requests.jsonl``; outputs ``healthbench_grades.jsonl`` (every verdict),
+``healthbench_scores.jsonl`` (every conversation), ``healthbench.png`` and the ``healthbench`` rows
+of ``stats.json``.
+
 Inputs: this run's ``predict/<test_set>.jsonl`` for each of ``judge.test_sets``, or
 ``judge.predictions=FILE`` with ``judge.test_set=NAME`` (e.g. the released AlpaCare-7b
 generations: records with ``output`` or ``response``). Items align by position and instruction
@@ -196,6 +205,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         spends.append(win_stats)
     if hb_sets:
         hb_stats, hb_summary = _healthbench(ctx, hb_sets)
+        for key, n in (("records_in", "conversations"), ("records_out", "criteria")):  # counts of both kinds
+            stats[key] = stats.get(key, 0) + sum(r[n] for r in hb_stats["healthbench"])
         stats.update(hb_stats)
         summary.update(hb_summary)
         spends.append(hb_stats["healthbench_spend"])
