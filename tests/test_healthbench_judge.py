@@ -217,6 +217,64 @@ def test_spend_cap_stops_cleanly_and_resumes_without_repeating(tmp_path, healthb
         assert row["criteria_unparsed"] == 0
 
 
+GRADE_SCRIPT = """
+import sys
+from omegaconf import OmegaConf
+from alpacare.config import HealthBenchConfig, JudgeConfig
+from alpacare.evaluation import healthbench as hb_eval
+from alpacare.llm.client import LLMClient, ResponseCache, endpoint_identity
+from alpacare.prompts.healthbench import load_protocol
+url, predictions, work = sys.argv[1:4]
+protocol = load_protocol()
+cfg = OmegaConf.structured(JudgeConfig(name="test", model="test-grader", base_url=url, max_concurrency=1))
+settings = hb_eval.grader_settings(cfg, OmegaConf.structured(HealthBenchConfig()), protocol, "healthbench")
+pairs = hb_eval.align_predictions(predictions, "healthbench", None, None)
+cache = ResponseCache(__import__("pathlib").Path(work) / "cache.sqlite")
+graded = hb_eval.grade(hb_eval.rubric_subjects("healthbench", pairs, protocol), protocol, settings, cfg,
+                       endpoint_identity(cfg, url), __import__("pathlib").Path(work) / "requests.jsonl",
+                       __import__("pathlib").Path(work) / "batches.jsonl", lambda: LLMClient(cfg, url, "x", cache), "t")
+print(sum(g.verdict is not None for g in graded.graded.values()))
+"""
+
+
+def test_kill_9_mid_grading_resumes_without_asking_again(tmp_path, healthbench_data):
+    """A grading process killed with SIGKILL loses at most the request in flight; the rerun asks
+    only what its work log lacks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    predictions = tmp_path / "answers.jsonl"
+    conversations = write_predictions(predictions)
+    criteria = sum(len(c["rubrics"]) for c in conversations)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "ALPACARE_DATA_DIR": str(healthbench_data), "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", GRADE_SCRIPT]
+    with OpenAITestServer(reply=lambda body: '{"criteria_met": false}', delay_s=0.15) as server:
+        args = [server.url, str(predictions), str(work)]
+        proc = subprocess.Popen(command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        log = work / "requests.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 5):
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        logged = len(log.read_text().splitlines())
+        sent_before = server.state.received
+        assert 5 <= logged < criteria and sent_before <= logged + 1  # one request in flight at most
+        done = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == str(criteria)
+        # the rerun asks only what the work log lacks (the cache may already hold the one in flight)
+        assert server.state.received - sent_before <= criteria - logged and server.state.received <= criteria + 1
+        assert len(log.read_text().splitlines()) == criteria
+
+
 def test_batch_api_grades_and_re_asks_in_a_second_batch(tmp_path, healthbench_data, monkeypatch):
     from omegaconf import OmegaConf
 
