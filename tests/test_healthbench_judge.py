@@ -318,3 +318,31 @@ def test_predictions_of_another_set_are_refused(tmp_path, healthbench_data, monk
                                "messages": conversation["prompt"][1:]}) + "\n")
     with pytest.raises(DataError, match="its conversation differs from healthbench's hb-test-0002"):
         align_predictions(bad, "healthbench", None, None)
+
+
+def test_request_shape_per_grader(healthbench_data, monkeypatch):
+    """The embedded grader is held to the verdict schema (llama.cpp's dialect); a hosted grader gets
+    simple-evals' request unchanged, in the fields its endpoint takes (gpt55: max_completion_tokens,
+    no temperature)."""
+    from omegaconf import OmegaConf
+
+    from alpacare.evaluation import healthbench as hb_eval
+    from alpacare.llm.client import LLMClient
+    from alpacare.prompts.healthbench import VERDICT_SCHEMA, load_protocol
+    from tests.test_train_support import compose
+
+    monkeypatch.setenv("ALPACARE_DATA_DIR", str(healthbench_data))
+    protocol = load_protocol()
+    bodies = {}
+    for preset in ("local", "gpt41", "gpt55"):
+        cfg = compose([f"judge={preset}"])
+        settings = hb_eval.grader_settings(cfg.judge, cfg.healthbench, protocol, "healthbench")
+        judge = OmegaConf.to_container(cfg.judge)
+        client = LLMClient(OmegaConf.create(judge), "http://127.0.0.1:9/v1", "not-needed", None)
+        bodies[preset] = client.request_body(hb_eval._request("k", 0, protocol.messages("prompt"), settings))
+    assert bodies["local"]["response_format"] == {"type": "json_object", "schema": VERDICT_SCHEMA}
+    assert bodies["gpt41"]["model"] == protocol.model and "response_format" not in bodies["gpt41"]
+    assert (bodies["gpt41"]["temperature"], bodies["gpt41"]["max_tokens"]) == (0.5, 2048)
+    assert bodies["gpt55"]["max_completion_tokens"] == 2048 and "temperature" not in bodies["gpt55"]
+    assert bodies["gpt41"]["messages"] == [{"role": "system", "content": "You are a helpful assistant."},
+                                           {"role": "user", "content": "prompt"}]

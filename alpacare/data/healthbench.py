@@ -134,10 +134,9 @@ def read_sums(path: Path) -> dict[str, str]:
 
 
 def _write_sums(path: Path, sums: dict[str, str]) -> None:
+    """sha256sum's own format, so ``sha256sum -c SHA256SUMS`` in that folder checks the files too."""
     lines = "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
-    header = ("# sha256 of each HealthBench file at its first download (OpenAI publishes none);\n"
-              "# alpacare refuses a later file that differs. `sha256sum -c SHA256SUMS` checks them.\n")
-    write_bytes_atomic(path, (header + lines).encode("utf-8"))
+    write_bytes_atomic(path, lines.encode("utf-8"))
 
 
 def _differs(path: Path, recorded: str, got: str, sums_path: Path) -> DataError:
