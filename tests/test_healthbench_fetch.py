@@ -122,3 +122,15 @@ def test_cli_prints_each_file_and_a_summary_then_exits_2_on_a_changed_file(tmp_p
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("alpacare-fetch: healthbench/healthbench.jsonl: sha256 mismatch")
+
+
+def test_missing_data_is_one_line_naming_the_fetch_command(tmp_path, monkeypatch):
+    from alpacare.data.eval_sets import check_eval_set
+    from alpacare.prompts.healthbench import load_protocol
+
+    monkeypatch.setenv("ALPACARE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("ALPACARE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"^healthbench/healthbench_hard.jsonl: not found .*run `alpacare-fetch healthbench`$"):
+        check_eval_set("healthbench_hard", "predict.test_sets", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"^simple-evals/healthbench_eval.py: not found .*run `alpacare-fetch healthbench`$"):
+        load_protocol(str(tmp_path / "cache"))
