@@ -34,6 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="alpacare-fetch",
         description=f"Download the AlpaCare data release ({UPSTREAM_REPO}@{UPSTREAM_COMMIT[:7]}), "
         "verified against pinned sha256 checksums.",
+        epilog="Also: `alpacare-fetch benchmarks --help` (lm-eval benchmark data) and "
+        "`alpacare-fetch healthbench --help` (HealthBench and simple-evals' protocol files).",
     )
     parser.add_argument("--dest", help="target data directory (default: <cache>/data, "
                         f"cache = ${CACHE_DIR_ENV} or ~/.cache/alpacare)")
