@@ -126,7 +126,9 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
 
 @dataclass(frozen=True)
 class FetchResult:
-    """What happened to one file: ``downloaded``, ``present`` (hash ok, skipped) or ``unavailable``."""
+    """What happened to one file: ``downloaded``, ``present`` (hash ok, skipped) or ``unavailable``;
+    for HealthBench's data (alpacare/data/healthbench.py) also ``first_download`` (its sha256 recorded
+    now) and ``recorded`` (present without a record: recorded now)."""
 
     relpath: str
     path: Path
