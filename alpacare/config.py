@@ -418,6 +418,38 @@ class JudgeConfig(EndpointConfig):
 
 
 @dataclass
+class HealthBenchConfig:
+    """HealthBench (OpenAI, 2025), graded as ``openai/simple-evals`` grades it: the predict stage
+    answers ``predict.test_sets=[healthbench]`` (or healthbench_hard / healthbench_consensus), the
+    judge stage grades every rubric item with the ``judge`` endpoint, the grader_check stage checks
+    that grader against physicians on the meta-eval set (alpacare/evaluation/healthbench.py)."""
+
+    # Seed of the subset drawn when predict.limit (or healthbench.meta_limit) is below a set's size:
+    # random.Random(seed).sample, as simple-evals draws its num_examples (seed 0 there).
+    seed: int = 0
+    # Grader sampling; None = simple-evals' grader request, read from the pinned files
+    # (temperature 0.5, the sampler's default; max_tokens 2048, what simple-evals gives the grader).
+    # The endpoint's request shape still applies (judge.sampling_params, judge.max_tokens_param).
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    # Asks again after a reply whose verdict does not parse, at most this many times (simple-evals
+    # asks until it parses); a criterion still unparsed is counted and left out of its conversation's score.
+    retries: int = 3
+    # Hold the grader to a JSON schema of the verdict (response_format). None = only the embedded
+    # local grader (judge.launch_local), so the 135M model always answers with a verdict; a hosted
+    # grader gets simple-evals' request unchanged.
+    schema: Optional[bool] = None
+    # Bootstrap resamples of each mean's std (simple-evals: 1,000) and the numpy seed they draw from
+    # (simple-evals draws unseeded).
+    bootstrap: int = 1000
+    bootstrap_seed: int = 0
+    # Rubric items the report shows as the answers' worst misses (most points lost).
+    worst_criteria: int = 10
+    # grader_check: meta-eval rows graded, drawn with ``seed``; None = all (simple-evals' num_examples).
+    meta_limit: Optional[int] = None
+
+
+@dataclass
 class BenchmarkConfig:
     """lm-eval benchmark suites on the model (``benchmark=<suite>``, conf/benchmark/; stage:
     alpacare/stages/benchmark.py). Each suite file names its tasks and, per task, the shot count and
@@ -502,6 +534,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    healthbench: HealthBenchConfig = field(default_factory=HealthBenchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Where models, converted checkpoints, fetched data and the teacher's response cache live.
@@ -617,6 +650,13 @@ def validate(cfg: Any) -> None:
            "must be auto, float32, bfloat16 or float16")
     _check(len(cfg.predict.test_sets) > 0, "predict.test_sets", "is empty")
     _check(cfg.report.top_n > 0, "report.top_n", "must be positive")
+    hb = cfg.healthbench
+    _check(hb.retries >= 0, "healthbench.retries", "must be >= 0")
+    _check(hb.max_tokens is None or hb.max_tokens > 0, "healthbench.max_tokens", "must be positive")
+    _check(hb.temperature is None or hb.temperature >= 0, "healthbench.temperature", "must be >= 0")
+    _check(hb.bootstrap >= 0, "healthbench.bootstrap", "must be >= 0")
+    _check(hb.worst_criteria >= 0, "healthbench.worst_criteria", "must be >= 0")
+    _check(hb.meta_limit is None or hb.meta_limit > 0, "healthbench.meta_limit", "must be positive")
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", "must be offline, online or disabled")
 
 

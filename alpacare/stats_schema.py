@@ -25,7 +25,9 @@ removed); responses ``answered``/``failed``/
 ``train_seconds``, ``world_size``/``num_nodes``/``devices_per_node`` (per-step metrics in
 ``train/metrics.jsonl``); predict ``test_sets`` (per set:
 items, mean_new_tokens, new_tokens_per_s...); judge ``win_rates`` rows (test_set, reference,
-win_rate, se, n, lc_win_rate, lc_se, ...); benchmark ``table`` rows (task, metric, value, stderr,
+win_rate, se, n, lc_win_rate, lc_se, ...) and ``healthbench`` rows (test_set, score, bootstrap_std, n, themes,
+axes, clusters, metrics: simple-evals' names); grader_check ``grader_f1_balanced``, ``physicians_f1_balanced`` and
+``categories`` rows; benchmark ``table`` rows (task, metric, value, stderr,
 n, shots); report ``sections``, ``omitted``.
 
 ``HEADLINE`` below names each stage's headline metrics: the report's summary, the columns of
@@ -65,7 +67,10 @@ HEADLINE: dict[str, tuple[Union[tuple[KeyPath, str], Rows], ...]] = {
     "train": (("final_loss", "final_loss"), ("tokens_per_s", "tokens_per_s"), ("peak_rss_gb", "peak_rss_gb")),
     "predict": ((("records_out", "items"), "items"),),
     "judge": (Rows("win_rates", ("test_set", "reference"), (("win_rate", "win_rate"), ("lc_win_rate", "lc_win_rate"))),
+              Rows("healthbench", ("test_set",), (("score", "score"), ("bootstrap_std", "bootstrap_std"))),
               ("cost_usd", "cost_usd")),
+    "grader_check": (("grader_f1_balanced", "grader_f1_balanced"), ("physicians_f1_balanced", "physicians_f1_balanced"),
+                     ("cost_usd", "cost_usd")),
     "benchmark": (Rows("table", ("task",), (("value", ""),)),),
     "report": (),
 }

@@ -76,6 +76,9 @@ class ServerState:
     # Replaces the built-in task n (a benchmark's realistic instructions): task(n) -> task dict.
     task: Optional[Callable[[int], dict[str, Any]]] = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # False: chat requests are counted (``received``) but not kept (a benchmark's tens of thousands).
+    keep_requests: bool = True
+    received: int = 0
     auth_headers: list[str] = field(default_factory=list)
     served: int = 0
     counter: itertools.count = field(default_factory=itertools.count)
@@ -307,8 +310,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         state = self.state
         with state.lock:
-            state.requests.append(body)
-            failing = len(state.requests) <= state.fail_first
+            state.received += 1
+            if state.keep_requests:
+                state.requests.append(body)
+            failing = state.received <= state.fail_first
         if state.new_model and (error := _new_model_error(body)) is not None:
             with state.lock:
                 state.rejected_params.append(error["param"])

@@ -13,9 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,7 @@ from alpacare.data.fetch import (
     select_files,
 )
 from alpacare.errors import DataError
+from tests.conftest import static_http_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,31 +69,11 @@ def upstream(tmp_path) -> Path:
     return root
 
 
-class RecordingHandler(SimpleHTTPRequestHandler):
-    requests: list[str]
-
-    def do_GET(self):
-        self.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-
 @pytest.fixture
 def server(upstream):
     """Serve ``upstream`` on an ephemeral loopback port; yields (base_url, request log)."""
-    requests: list[str] = []
-    handler = type("Handler", (RecordingHandler,), {"requests": requests})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(upstream)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with static_http_server(upstream) as served:
+        yield served
 
 
 def closed_port() -> int:

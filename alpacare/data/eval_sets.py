@@ -11,6 +11,11 @@ model's answers to them live. Every file is a released file fetched with a pinne
   generations; the reference is text-davinci-003, whose answers the released medalpaca-7b file
   carries in its ``output`` field.
 
+HealthBench's conversation sets (``healthbench``, ``healthbench_hard``, ``healthbench_consensus``;
+alpacare/data/healthbench.py) are test sets too: their items carry the conversation (``messages``,
+``prompt_id``) and, as ``instruction``, the last user turn; ``limit`` draws a seeded random subset
+there, as simple-evals does, instead of taking the first items.
+
 A user's own test set is a path (``predict.test_sets=[/data/my_set.jsonl]``): JSON or JSONL records
 with ``instruction`` and an optional ``input``; its name is the file stem.
 """
@@ -23,6 +28,7 @@ from typing import Any, Optional
 
 from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import read_records
+from alpacare.data import healthbench
 from alpacare.errors import ConfigError, DataError
 from alpacare.prompts.alpaca import has_input
 
@@ -100,18 +106,34 @@ def _released(relpath: str, cache_dir: str | Path | None) -> list[dict[str, Any]
 
 def eval_set_name(spec: str) -> str:
     """``medinstruct`` for a named set; the file stem for a path."""
-    return spec if spec in EVAL_SETS else Path(spec).stem
+    return spec if spec in EVAL_SETS or healthbench.is_healthbench(spec) else Path(spec).stem
+
+
+def load_test_items(spec: str, limit: Optional[int], seed: int, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The items a model answers: the first ``limit`` of a test set, or for HealthBench a subset of
+    ``limit`` drawn with ``seed`` as simple-evals draws it, each item ``{index (in the file), id,
+    prompt_id, instruction (the last user turn), input "", messages}``."""
+    if not healthbench.is_healthbench(spec):
+        items = load_items(spec, cache_dir)
+        return items[:limit] if limit is not None else items
+    drawn = healthbench.subset(healthbench.load_conversations(spec, cache_dir), limit, seed)
+    return [{"index": c["index"], "id": c["prompt_id"], "prompt_id": c["prompt_id"],
+             "instruction": c["prompt"][-1]["content"], "input": "", "messages": c["prompt"]} for c in drawn]
 
 
 def check_eval_set(spec: str, key: str, cache_dir: str | Path | None = None) -> None:
     """A known name whose files are present, or an existing file (before any slow work)."""
+    if healthbench.is_healthbench(spec):
+        healthbench.data_file(spec, cache_dir)
+        return
     if spec in EVAL_SETS:
         t = EVAL_SETS[spec]
         if resolve_data_file(t.items.relpath, cache_dir=cache_dir) is None:
             raise _missing(t.items.relpath)
         return
     if not Path(spec).expanduser().is_file():
-        raise ConfigError(f"{key}: unknown test set {spec!r}; choose from {sorted(EVAL_SETS)} or give a JSON/JSONL file")
+        raise ConfigError(f"{key}: unknown test set {spec!r}; choose from "
+                          f"{sorted(EVAL_SETS) + list(healthbench.CONVERSATION_SETS)} or give a JSON/JSONL file")
 
 
 def load_items(spec: str, cache_dir: str | Path | None = None, raw: bool = False) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ The ``alpacare-fetch`` console script is alpacare/data/cli.py.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import hashlib
 import os
@@ -44,7 +45,7 @@ CACHE_DIR_ENV = "ALPACARE_CACHE_DIR"
 
 _CHUNK_BYTES = 1 << 16
 # Generous read timeout: raw.githubusercontent.com can stall on cold files; connect fails fast.
-_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
 
 @dataclass(frozen=True)
 class FetchResult:
-    """What happened to one file: ``downloaded``, ``present`` (hash ok, skipped) or ``unavailable``."""
+    """What happened to one file: ``downloaded``, ``present`` (hash ok, skipped) or ``unavailable``;
+    for HealthBench's data (alpacare/data/healthbench.py) also ``first_download`` (its sha256 recorded
+    now) and ``recorded`` (present without a record: recorded now)."""
 
     relpath: str
     path: Path
@@ -203,16 +206,47 @@ def verified_release_file(relpath: str, cache_dir: str | Path | None = None) -> 
     """A pinned file whose exact bytes matter (a protocol file read as text): found like
     ``resolve_data_file`` and checked against its sha256 on every read, so an edited copy can
     never stand in for the release's wording. DataError when missing or different."""
-    released = released_file(relpath)
+    return verified_pinned_file(released_file(relpath), cache_dir, f"alpacare-fetch --only {relpath}")
+
+
+def verified_pinned_file(released: ReleasedFile, cache_dir: str | Path | None, fetch_command: str) -> Path:
+    """``released`` found like ``resolve_data_file`` and checked against its pinned sha256;
+    DataError naming ``fetch_command`` when missing or different."""
+    relpath = released.relpath
     path = resolve_data_file(relpath, cache_dir=cache_dir)
     if path is None:
-        raise DataError(f"{relpath}: not found in ${DATA_DIR_ENV} or the data cache; "
-                        f"run `alpacare-fetch --only {relpath}`")
+        raise DataError(f"{relpath}: not found in ${DATA_DIR_ENV} or the data cache; run `{fetch_command}`")
     got = file_sha256(path)
     if got != released.sha256:
         raise DataError(f"{path}: differs from the pinned release file (sha256 {got[:12]}..., expected "
-                        f"{released.sha256[:12]}...); delete it and run `alpacare-fetch --only {relpath}`")
+                        f"{released.sha256[:12]}...); delete it and run `{fetch_command}`")
     return path
+
+
+def assigned_string(path: Path, variable: str) -> str:
+    """The string a pinned script assigns to ``variable`` at any level (exactly one such
+    assignment): a literal, or a literal's ``.strip()`` (``X = '''...'''.strip()``). How the project
+    reads a protocol's wording without copying it."""
+    values = [value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+              if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == variable for t in node.targets)
+              and (value := literal_string(node.value)) is not None]
+    if len(values) != 1:
+        raise DataError(f"{path}: expected one string assigned to {variable}, found {len(values)}")
+    return values[0]
+
+
+_STRING_METHODS = {"strip": str.strip, "lstrip": str.lstrip, "rstrip": str.rstrip}
+
+
+def literal_string(node: ast.AST) -> str | None:
+    """The value of a string literal node, or of ``"...".strip()`` (no arguments); else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if (isinstance(node, ast.Call) and not node.args and not node.keywords and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _STRING_METHODS and isinstance(node.func.value, ast.Constant)
+            and isinstance(node.func.value.value, str)):
+        return _STRING_METHODS[node.func.attr](node.func.value.value)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +289,15 @@ def _download_verified(client: httpx.Client, url: str, target: Path, released: R
 
     Returns the byte count, or None when an optional file is not found upstream.
     """
+    landed = download(client, url, target, released.relpath, released.sha256, optional=released.optional)
+    return None if landed is None else landed[0]
+
+
+def download(client: httpx.Client, url: str, target: Path, name: str, expected_sha256: str | None,
+             optional: bool = False, mismatch_hint: str = "") -> tuple[int, str] | None:
+    """Stream ``url`` into a temp file beside ``target`` and rename it into place once its sha256
+    equals ``expected_sha256`` (any, when None); (bytes, sha256), or None for a 404 of an optional
+    file. A failed transfer or a mismatch raises DataError naming ``name`` and leaves nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -262,10 +305,10 @@ def _download_verified(client: httpx.Client, url: str, target: Path, released: R
         digest = hashlib.sha256()
         size = 0
         with os.fdopen(fd, "wb") as out, client.stream("GET", url) as response:
-            if response.status_code == 404 and released.optional:
+            if response.status_code == 404 and optional:
                 return None
             if response.status_code != 200:
-                raise DataError(f"{released.relpath}: download failed: HTTP {response.status_code} from {url}")
+                raise DataError(f"{name}: download failed: HTTP {response.status_code} from {url}")
             for chunk in response.iter_bytes(_CHUNK_BYTES):
                 digest.update(chunk)
                 out.write(chunk)
@@ -273,14 +316,12 @@ def _download_verified(client: httpx.Client, url: str, target: Path, released: R
             out.flush()
             os.fsync(out.fileno())
         got = digest.hexdigest()
-        if got != released.sha256:
-            raise DataError(
-                f"{released.relpath}: sha256 mismatch (expected {released.sha256}, got {got}) from {url}"
-            )
+        if expected_sha256 is not None and got != expected_sha256:
+            raise DataError(f"{name}: sha256 mismatch (expected {expected_sha256}, got {got}) from {url}{mismatch_hint}")
         os.replace(tmp, target)
-        return size
+        return size, got
     except (httpx.HTTPError, httpx.InvalidURL) as e:
-        raise DataError(f"{released.relpath}: download failed: {_describe_http_error(e)} ({url})") from None
+        raise DataError(f"{name}: download failed: {_describe_http_error(e)} ({url})") from None
     finally:
         # After a successful rename the temp name is gone; otherwise nothing partial survives.
         tmp.unlink(missing_ok=True)
@@ -291,7 +332,7 @@ def _describe_http_error(error: Exception) -> str:
     return " ".join(text.split())  # keep the error to one line
 
 
-def _print_progress(enabled: bool, line: str) -> None:
+def print_progress(enabled: bool, line: str) -> None:
     if enabled:
         print(line, flush=True)
 
@@ -306,15 +347,15 @@ def fetch_files(
     dest = Path(dest).expanduser() if dest is not None else default_data_dir()
     selected = select_files(files)
     results: list[FetchResult] = []
-    with httpx.Client(follow_redirects=True, timeout=_TIMEOUT) as client:
+    with httpx.Client(follow_redirects=True, timeout=HTTP_TIMEOUT) as client:
         for released in selected:
-            result = _fetch_one(client, dest, base_url, released)
-            _print_progress(progress, _describe_result(result))
+            result = fetch_one(client, dest, base_url, released)
+            print_progress(progress, describe_result(result))
             results.append(result)
     return results
 
 
-def _fetch_one(client: httpx.Client, dest: Path, base_url: str, released: ReleasedFile) -> FetchResult:
+def fetch_one(client: httpx.Client, dest: Path, base_url: str, released: ReleasedFile) -> FetchResult:
     target = dest / released.relpath
     if target.is_file() and file_sha256(target) == released.sha256:
         return FetchResult(released.relpath, target, "present", target.stat().st_size)
@@ -325,7 +366,7 @@ def _fetch_one(client: httpx.Client, dest: Path, base_url: str, released: Releas
     return FetchResult(released.relpath, target, "downloaded", size)
 
 
-def _describe_result(result: FetchResult) -> str:
+def describe_result(result: FetchResult) -> str:
     if result.status == "downloaded":
         return f"downloaded   {result.relpath} ({result.size:,} bytes, sha256 ok)"
     if result.status == "present":

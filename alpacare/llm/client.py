@@ -95,6 +95,15 @@ class Completion:
     price_factor: float = 1.0
 
 
+def json_response_format(schema: dict[str, Any], name: str, schema_style: str) -> dict[str, Any]:
+    """``response_format`` that constrains decoding to ``schema`` in a server's dialect
+    (``<role>.schema_style``): llama-cpp-python's json_object with an inline schema, else OpenAI's
+    strict json_schema (also vLLM / Ollama)."""
+    if schema_style == "llama_cpp":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
 def work_log_usage(completion: Optional[Completion]) -> dict[str, Any]:
     """The usage fields a stage's work log keeps per request (``count_earlier_spend`` reads them)."""
     c = completion
@@ -185,12 +194,18 @@ class Ledger:
 
 
 class ResponseCache:
-    """sqlite map from request hash to completion; safe across processes and kill -9."""
+    """sqlite map from request hash to completion; safe across processes and kill -9.
+
+    WAL with ``synchronous=NORMAL``: a commit is in the OS's hands when it returns, so a killed
+    process loses nothing; only a power cut may drop the last commits (never corrupting the file),
+    and the stage's work log, fsync'd per answer, still holds those. With FULL, every answer's
+    commit waited for the disk (2.6 ms each here, on the event loop: benchmarks/bench_healthbench.py)."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._db.commit()
         self._lock = threading.Lock()
@@ -247,9 +262,7 @@ class LLMClient:
         """``response_format`` that constrains decoding to ``schema``, in the server's dialect."""
         if not self.structured_output:
             return None
-        if self.schema_style == "llama_cpp":  # llama-cpp-python: json_object with an inline schema
-            return {"type": "json_object", "schema": schema}
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        return json_response_format(schema, name, self.schema_style)
 
     def count_earlier_spend(self, work_log: Sequence[dict[str, Any]]) -> None:
         """Charge the requests a stage's work log shows as paid before this resume against

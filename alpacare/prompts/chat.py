@@ -60,6 +60,25 @@ def format_task(template: str, tokenizer, instruction: str, input: Optional[str]
     return format_prompt(instruction, input)
 
 
+def format_conversation(template: str, tokenizer, messages: list[dict[str, str]]) -> str:
+    """The prompt for the next assistant turn of a conversation (HealthBench) under ``template``.
+
+    ``chat``: every turn, system turns included, through the tokenizer's chat template.
+    ``alpaca``: the question the model must answer, the last user turn, is the instruction (where an
+    Alpaca-tuned model expects a task); the turns before it, when there are any, are the input, one
+    ``role: content`` per turn separated by blank lines (the rendering simple-evals shows its grader).
+    A single-turn conversation is then exactly an Alpaca task without input."""
+    if template == "chat":
+        return chat_prompt(tokenizer, messages)
+    *earlier, last = messages
+    return format_prompt(last["content"], render_turns(earlier))
+
+
+def render_turns(messages: list[dict[str, str]]) -> str:
+    """``role: content`` per turn, blank lines between (simple-evals' rendering of a conversation)."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
 def stop_token_ids(template: str, tokenizer) -> list[int]:
     """Tokens that end an answer: EOS, and for ``chat`` also the end-of-turn token."""
     ids = [tokenizer.eos_token_id]

@@ -31,14 +31,13 @@ Two parsing rules:
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from alpacare.data.fetch import UPSTREAM_COMMIT, UPSTREAM_REPO, released_file, verified_release_file
+from alpacare.data.fetch import UPSTREAM_COMMIT, UPSTREAM_REPO, assigned_string, released_file, verified_release_file
 from alpacare.errors import DataError
 
 VERDICTS = ("Output (a)", "Output (b)", "Tie")
@@ -137,18 +136,7 @@ def load_release_judge(cache_dir: Optional[str | Path] = None) -> ReleaseJudge:
     script_path = verified_release_file(RELEASE_SCRIPT_FILE, cache_dir)
     # gpt_eval.py reads the file with open().read() (text mode) and appends "\n".
     template = prompt_path.read_text(encoding="utf-8") + "\n"
-    return ReleaseJudge(system=_assigned_string(script_path, _RELEASE_SYSTEM_VARIABLE), template=template)
-
-
-def _assigned_string(path: Path, variable: str) -> str:
-    """The string literal a script assigns to ``variable`` (exactly one such assignment)."""
-    values = [node.value.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-              if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-              and isinstance(node.value.value, str)
-              and any(isinstance(t, ast.Name) and t.id == variable for t in node.targets)]
-    if len(values) != 1:
-        raise DataError(f"{path}: expected one string assigned to {variable}, found {len(values)}")
-    return values[0]
+    return ReleaseJudge(system=assigned_string(script_path, _RELEASE_SYSTEM_VARIABLE), template=template)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from alpacare import rundir
 from alpacare.report.analysis import DEDUP_THRESHOLD, Analysis, percent
 from alpacare.report.html import Block, fmt, h2, h3, image, note, p, table
-from alpacare.stages import STAGES, TRAIN_METRICS
+from alpacare.stages import HEALTHBENCH_GRADES, HEALTHBENCH_SCORES, STAGES, TRAIN_METRICS
 
 REVIEW_FILES = {"audit": "review/audit_summary.json", "pairwise": "review/pairwise_summary.json"}
 # Settings shown per stage in "Run" (config keys; absent ones skipped).
@@ -28,7 +28,11 @@ KEY_SETTINGS = {
     "predict": ("predict.model", "predict.test_sets", "predict.limit", "predict.max_new_tokens", "predict.backend"),
     "judge": ("judge.name", "judge.model", "judge.references", "judge.limit", "judge.strict_parsing", "judge.predictions"),
     "benchmark": ("benchmark.name", "benchmark.tasks", "benchmark.limit", "benchmark.model"),
+    "grader_check": ("judge.name", "judge.model", "healthbench.meta_limit", "healthbench.retries", "healthbench.seed"),
 }
+# HealthBench settings shown with the judge's when it graded HealthBench.
+HEALTHBENCH_SETTINGS = ("healthbench.retries", "healthbench.temperature", "healthbench.max_tokens", "healthbench.seed",
+                        "healthbench.bootstrap")
 
 
 def anchor(text: str) -> str:
@@ -48,7 +52,7 @@ def results_section(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Blo
     hold the detail; the settings come last ("Run")."""
     blocks = [_section("Results")]
     judge, bench = stats.get("judge"), stats.get("benchmark")
-    if judge:
+    if judge and "win_rates" in judge:
         rows = [r for r in judge.get("win_rates") or [] if isinstance(r, dict)]
         jm = judge.get("judge") or {}
         blocks.append(table(["test set", "reference", "win rate %", "LC win rate %", "n"],
@@ -57,6 +61,18 @@ def results_section(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Blo
                             f"win rates against each reference (judge {jm.get('model')}; ± standard error)"))
         if judge.get("weak_judge"):
             blocks.append(note("weak local judge: these numbers exercise the machinery; use judge=gpt35_turbo (paper) to report"))
+    if judge and judge.get("healthbench"):
+        blocks.append(table(["test set", "score", "n"], [[r.get("test_set"), _pm(r.get("score"), r.get("bootstrap_std"), 3), r.get("n")]
+                                                       for r in judge["healthbench"] if isinstance(r, dict)],
+                            f"HealthBench, scored as simple-evals scores it (grader {(judge.get('healthbench_grader') or {}).get('model')}; "
+                            "± bootstrap std)"))
+        if judge.get("weak_grader"):
+            blocks.append(note("weak local grader: these HealthBench scores exercise the machinery; grade with judge=gpt41 (simple-evals' grader) to report"))
+    check = stats.get("grader_check")
+    if check:
+        blocks.append(table(["", "balanced F1"], [["grader vs physicians", _pm(check.get("grader_f1_balanced"), None, 3)],
+                                                  ["physicians vs each other (mean)", _pm(check.get("physicians_f1_balanced"), None, 3)]],
+                            f"HealthBench grader check (grader {(check.get('grader') or {}).get('model')}, {check.get('rows')} rows)"))
     if bench:
         blocks.append(table(["task", "metric", "score", "n", "shots"], benchmark_headline_rows(bench),
                             f"benchmark scores (suite {bench.get('suite')}; ± standard error)"))
@@ -150,7 +166,8 @@ def run_section(run_dir: Path, ran: list[str]) -> list[Block]:
     rows = []
     for stage in ran:
         cfg = rundir.config(run_dir, stage)
-        for key in KEY_SETTINGS.get(stage, ()):
+        graded_healthbench = stage == "judge" and bool((read_stats_quietly(run_dir, "judge") or {}).get("healthbench"))
+        for key in KEY_SETTINGS.get(stage, ()) + (HEALTHBENCH_SETTINGS if graded_healthbench else ()):
             value = rundir.select(cfg, key)
             if value is not None:
                 rows.append([stage, key, json.dumps(value) if isinstance(value, (list, dict)) else value])
@@ -228,7 +245,7 @@ def data_section(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Block]
 
 def spend_blocks(run_dir: Path, stats: dict[str, dict[str, Any]]) -> list[Block]:
     """Tokens and USD per stage (stats.json) and per role (the CLI's ledger of the last command)."""
-    roles = {"instructions": "teacher", "responses": "teacher", "judge": "judge"}
+    roles = {"instructions": "teacher", "responses": "teacher", "judge": "judge", "grader_check": "judge"}
     rows = [[stage, role, stats[stage].get("prompt_tokens"), stats[stage].get("completion_tokens"),
              stats[stage].get("cost_usd"), stats[stage].get("seconds")]
             for stage, role in roles.items() if stage in stats and "prompt_tokens" in stats[stage]]
@@ -373,7 +390,7 @@ def predictions_section(predict: Optional[dict[str, Any]]) -> list[Block]:
 
 
 def win_rates_section(run_dir: Path, judge: Optional[dict[str, Any]], out: Path) -> list[Block]:
-    if not judge:
+    if not judge or "win_rates" not in judge:  # a judge run on HealthBench sets alone
         return []
     rows = [r for r in judge.get("win_rates") or [] if isinstance(r, dict)]
     jm = judge.get("judge") or {}
@@ -408,6 +425,101 @@ def win_rates_section(run_dir: Path, judge: Optional[dict[str, Any]], out: Path)
     if chart.is_file():
         blocks.append(image(chart, "win rate per test set and reference, with standard errors; 50% = tie"))
     return blocks
+
+
+# ---------------------------------------------------------------------------- HealthBench
+
+
+def healthbench_section(run_dir: Path, judge: Optional[dict[str, Any]], check: Optional[dict[str, Any]], out: Path,
+                        worst: int) -> list[Block]:
+    """Scores per set, theme and axis with their bootstrap std and the chart; the rubric items the
+    answers lost most points on, with the answers; the grader check against physicians."""
+    rows = [r for r in (judge or {}).get("healthbench") or [] if isinstance(r, dict)]
+    if not rows and not check:
+        return []
+    blocks = [_section("HealthBench")]
+    if rows:
+        grader = judge.get("healthbench_grader") or {}
+        blocks.append(p(f"Grader: {grader.get('model')} ({grader.get('preset')}), simple-evals' request (temperature "
+                        f"{fmt(grader.get('temperature'))}, max_tokens {fmt(grader.get('max_tokens'))}; simple-evals grades with "
+                        f"{grader.get('simple_evals_grader')}), one request per rubric item, up to {fmt(grader.get('retries'))} "
+                        "more for a reply that does not parse. Score: points of the criteria met over the positive points, "
+                        "mean over conversations clipped to [0, 1], ± the std of 1,000 bootstrap means."))
+        if judge.get("weak_grader"):
+            blocks.append(note("weak local grader: these scores exercise the machinery; grade with judge=gpt41 (simple-evals' grader) to report"))
+        blocks.append(table(["test set", "score", "n", "conversations", "rubric items", "unparsed", "retried", "unscored conversations"],
+                            [[r.get("test_set"), _pm(r.get("score"), r.get("bootstrap_std"), 3), r.get("n"), r.get("conversations"),
+                              r.get("criteria"), r.get("criteria_unparsed"), r.get("criteria_retried"),
+                              r.get("conversations_unscored")] for r in rows], "overall (± bootstrap std)"))
+        for kind, title in (("themes", "theme (example tag)"), ("axes", "axis (rubric tag)")):
+            tags = [[r.get("test_set"), t.get("tag", "").split(":", 1)[-1], _pm(t.get("score"), t.get("bootstrap_std"), 3), t.get("n")]
+                    for r in rows for t in r.get(kind) or []]
+            if tags:
+                blocks.append(table(["test set", title, "score", "n"], tags, f"per {title}", compact=True))
+        chart = run_dir / "judge" / "healthbench.png"
+        if not chart.is_file():
+            from alpacare.report.plots import healthbench_chart
+
+            chart = healthbench_chart(out / "healthbench.png", rows, "HealthBench scores")
+        blocks.append(image(chart, "HealthBench: overall, per theme and per axis, with bootstrap std"))
+        blocks += worst_criteria_blocks(run_dir, worst)
+    if check:
+        blocks += grader_check_blocks(run_dir, check)
+    return blocks
+
+
+def worst_criteria_blocks(run_dir: Path, n: int) -> list[Block]:
+    """The ``n`` rubric items that cost the answers most points (positive ones missed, negative ones
+    met), with the question and the answer (judge/healthbench_grades.jsonl, healthbench_scores.jsonl)."""
+    grades_path, scores_path = HEALTHBENCH_GRADES.path(run_dir), HEALTHBENCH_SCORES.path(run_dir)
+    if n <= 0 or not grades_path.is_file() or not scores_path.is_file():
+        return []
+    from alpacare.data.jsonl import read_jsonl
+
+    scores = {(s["test_set"], s["prompt_id"]): s for s in read_jsonl(scores_path)}
+    worst = sorted((g for g in read_jsonl(grades_path) if g.get("points_lost", 0) > 0),
+                   key=lambda g: (-g["points_lost"], g["test_set"], g["prompt_id"], g["criterion_index"]))[:n]
+    if not worst:
+        return [p("No rubric item cost the answers points.")]
+    rows = []
+    for g in worst:
+        s = scores.get((g["test_set"], g["prompt_id"]), {})
+        rows.append([g["test_set"], f"[{g['points']}] {_clip(g['criterion'], 120)}", "met" if g["criteria_met"] else "not met",
+                     _clip(g.get("explanation"), 120), _clip(s.get("question"), 120), _clip(s.get("answer"), 200)])
+    return [h3("Rubric items the answers lost most points on"),
+            table(["test set", "rubric item", "verdict", "grader's explanation", "last user turn", "answer"], rows,
+                  f"the {len(rows)} costliest verdicts (positive criteria not met, negative criteria met)", compact=True)]
+
+
+def grader_check_blocks(run_dir: Path, check: dict[str, Any]) -> list[Block]:
+    grader = check.get("grader") or {}
+    blocks = [h3("Grader check against physicians (meta-eval)"),
+              p(f"Grader {grader.get('model')} ({grader.get('preset')}) labelled {check.get('rows')} rows of the meta-eval set "
+                f"({check.get('rows_unparsed')} unparsed, left out). Balanced F1 of its labels against each physician's "
+                "(simple-evals' healthbench_meta_eval.py), beside the physicians' own against each other, averaged over "
+                "physicians: a grader at the physicians' level can stand in for them.")]
+    if check.get("weak_grader"):
+        blocks.append(note("weak local grader: expect agreement near chance"))
+    rows = [{"category": "overall", "grader_f1_balanced": check.get("grader_f1_balanced"),
+             "physicians_f1_balanced": check.get("physicians_f1_balanced"), "physicians": check.get("physicians"),
+             "pairs": check.get("pairs")},
+            *[c for c in check.get("categories") or [] if isinstance(c, dict)]]
+    blocks.append(table(["category", "grader vs physicians", "physicians vs each other", "physicians", "pairs"],
+                        [[r.get("category"), _pm(r.get("grader_f1_balanced"), None, 3), _pm(r.get("physicians_f1_balanced"), None, 3),
+                          r.get("physicians"), r.get("pairs")] for r in rows], "balanced F1", compact=True))
+    chart = run_dir / "grader_check" / "agreement.png"
+    if chart.is_file():
+        blocks.append(image(chart, "grader vs physicians, balanced F1 per category"))
+    return blocks
+
+
+def read_stats_quietly(run_dir: Path, stage: str) -> Optional[dict[str, Any]]:
+    from alpacare.stats_schema import StatsProblem, read_stats
+
+    try:
+        return read_stats(run_dir, stage)
+    except StatsProblem:
+        return None
 
 
 # ------------------------------------------------------------------------------ 7. Benchmarks

@@ -65,6 +65,11 @@ MERGED_MODEL = Artifact("train", "model_merged")
 PREDICTIONS = Artifact("predict", "{test_set}.jsonl", wandb_type="predictions")
 VERDICTS = Artifact("judge", "verdicts.jsonl", wandb_type="evaluation")
 WIN_RATES = Artifact("judge", STATS_FILE)
+# HealthBench: every rubric item's verdict, and every conversation's scores (alpacare/evaluation/healthbench.py).
+HEALTHBENCH_GRADES = Artifact("judge", "healthbench_grades.jsonl", wandb_type="evaluation")
+HEALTHBENCH_SCORES = Artifact("judge", "healthbench_scores.jsonl")
+GRADER_LABELS = Artifact("grader_check", "labels.jsonl", wandb_type="evaluation")
+GRADER_CHECK = Artifact("grader_check", STATS_FILE)
 BENCHMARK_RESULTS = Artifact("benchmark", "results.json")
 REPORT = Artifact("report", "report.md")
 REPORT_HTML = Artifact("report", "report.html")
@@ -113,7 +118,9 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("train", inputs=(Input(TRAIN_SET, "train.data", kind="data"),), outputs=(MODEL,), all_ranks=True),
     StageSpec("predict", inputs=(Input(MODEL, "predict.model", kind="model"),), outputs=(PREDICTIONS,)),
     StageSpec("judge", inputs=(Input(PREDICTIONS, "judge.predictions", each="judge.test_sets"),),
-              outputs=(VERDICTS, WIN_RATES), endpoints=("judge",)),
+              outputs=(VERDICTS, WIN_RATES, HEALTHBENCH_GRADES, HEALTHBENCH_SCORES), endpoints=("judge",)),
+    # The judge endpoint as a HealthBench grader against physicians' labels (meta-eval set).
+    StageSpec("grader_check", outputs=(GRADER_LABELS, GRADER_CHECK), endpoints=("judge",)),
     StageSpec("benchmark", inputs=(Input(MODEL, "benchmark.model", kind="model"),), outputs=(BENCHMARK_RESULTS,)),
     StageSpec("report", outputs=(REPORT, REPORT_HTML)),
 )}

@@ -7,6 +7,15 @@ temperature 0, with our prompt or the release's exact request (``judge.prompt=pa
 leniently or by the release's rule (``judge.strict_parsing=true``) (alpacare/prompts/judge.py).
 Scores and statistics: alpacare/evaluation/winrates.py.
 
+HealthBench sets (``healthbench``, ``healthbench_hard``, ``healthbench_consensus``) among the test sets
+are graded instead as simple-evals grades them: every rubric item of every answered conversation is
+one request to the judge endpoint with simple-evals' grader request (alpacare/prompts/healthbench.py),
+a reply that does not parse is asked again up to ``healthbench.retries`` times, and each set is scored
+as simple-evals scores it (alpacare/evaluation/healthbench.py). Their work log is
+``judge/healthbench_requests.jsonl``; outputs ``healthbench_grades.jsonl`` (every verdict),
+``healthbench_scores.jsonl`` (every conversation), ``healthbench.png`` and the ``healthbench`` rows
+of ``stats.json``.
+
 Inputs: this run's ``predict/<test_set>.jsonl`` for each of ``judge.test_sets``, or
 ``judge.predictions=FILE`` with ``judge.test_set=NAME`` (e.g. the released AlpaCare-7b
 generations: records with ``output`` or ``response``). Items align by position and instruction
@@ -30,10 +39,14 @@ from alpacare.data.eval_sets import EVAL_SETS, REFERENCE_MODELS, check_eval_set,
 from alpacare.data.fetch import resolve_data_file
 from alpacare.data.jsonl import AppendLog, read_records, write_jsonl_atomic
 from alpacare.errors import ConfigError, DataError
-from alpacare.llm.client import BATCH_LOG, Completion, Ledger, Request, endpoint_identity, paid_cost, work_log_usage
-from alpacare.report.plots import win_rate_chart
+from alpacare.llm.client import (BATCH_LOG, Completion, Ledger, Request, endpoint_identity, json_response_format,
+                                 paid_cost, work_log_usage)
+from alpacare.evaluation import healthbench as hb_eval
+from alpacare.report.plots import healthbench_chart, win_rate_chart
+from alpacare.data.healthbench import CONVERSATION_SETS, is_healthbench
+from alpacare.prompts import healthbench as healthbench_prompt
 from alpacare.prompts import judge as judge_prompt
-from alpacare.stages import PREDICTIONS, VERDICTS, WIN_RATES, StageContext
+from alpacare.stages import HEALTHBENCH_GRADES, HEALTHBENCH_SCORES, PREDICTIONS, VERDICTS, WIN_RATES, StageContext
 from alpacare.evaluation.winrates import LC_MODEL, ItemVerdicts, dropped, win_rate_row
 
 log = logging.getLogger(__name__)
@@ -54,10 +67,15 @@ def check(cfg: Any) -> None:
         raise ConfigError(f"judge.references: unknown reference(s) {unknown}; choose from {list(REFERENCE_MODELS)}")
     if not j.references:
         raise ConfigError("judge.references: is empty")
-    for name in _test_sets(cfg):
+    sets = _test_sets(cfg)
+    for name in sets:
+        if is_healthbench(name):
+            check_eval_set(name, "judge.test_set", cfg.cache_dir)
+            continue
         if name not in EVAL_SETS:
             raise ConfigError(f"judge: test set {name!r} has no released reference answers; "
-                              f"judge one of {sorted(EVAL_SETS)} (judge.test_set=NAME with judge.predictions=FILE)")
+                              f"judge one of {sorted(EVAL_SETS) + list(CONVERSATION_SETS)} "
+                              "(judge.test_set=NAME with judge.predictions=FILE)")
         check_eval_set(name, "judge.test_set", cfg.cache_dir)
         refs = _references(cfg, name)
         if not refs:
@@ -66,14 +84,17 @@ def check(cfg: Any) -> None:
             relpath = EVAL_SETS[name].references[ref].relpath
             if resolve_data_file(relpath, cache_dir=cfg.cache_dir) is None:
                 raise DataError(f"{relpath}: reference answers of {ref} not found; run `alpacare-fetch`")
-    if j.prompt == "paper":  # the release's prompt files: present and unaltered
+    if j.prompt == "paper" and any(not is_healthbench(t) for t in sets):  # the release's prompt files: present and unaltered
         judge_prompt.load_release_judge(cfg.cache_dir)
+    if any(is_healthbench(t) for t in sets):  # simple-evals' grader protocol: present, unaltered, readable
+        healthbench_prompt.load_protocol(cfg.cache_dir)
 
 
 def _test_sets(cfg: Any) -> list[str]:
     if cfg.judge.predictions:
         if not cfg.judge.test_set:
-            raise ConfigError("judge.predictions: set judge.test_set=NAME too (medinstruct, icliniq or alpaca_eval)")
+            raise ConfigError("judge.predictions: set judge.test_set=NAME too (medinstruct, icliniq, alpaca_eval or a "
+                              "HealthBench set)")
         return [str(cfg.judge.test_set)]
     from alpacare.data.eval_sets import eval_set_name
 
@@ -166,19 +187,53 @@ def max_tokens(cfg: Any) -> int:
 def _response_format(cfg: Any) -> Optional[dict]:
     if not cfg.structured_output or cfg.prompt == "paper":  # the release asks for no schema
         return None
-    if cfg.schema_style == "llama_cpp":
-        return {"type": "json_object", "schema": judge_prompt.VERDICT_SCHEMA}
-    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": judge_prompt.VERDICT_SCHEMA, "strict": True}}
+    return json_response_format(judge_prompt.VERDICT_SCHEMA, "verdict", cfg.schema_style)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """Win rates for the paper's test sets, HealthBench scores for HealthBench's (either may be absent)."""
+    sets = _test_sets(ctx.cfg)
+    pairwise = [t for t in sets if not is_healthbench(t)]
+    hb_sets = [t for t in sets if is_healthbench(t)]
+    stats: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    spends = []
+    if pairwise or not hb_sets:
+        win_stats, win_summary, rows, chart, samples = _win_rates(ctx, pairwise)
+        stats.update(win_stats)
+        summary.update(win_summary)
+        spends.append(win_stats)
+    if hb_sets:
+        hb_stats, hb_summary = _healthbench(ctx, hb_sets)
+        for key, n in (("records_in", "conversations"), ("records_out", "criteria")):  # counts of both kinds
+            stats[key] = stats.get(key, 0) + sum(r[n] for r in hb_stats["healthbench"])
+        stats.update(hb_stats)
+        summary.update(hb_summary)
+        spends.append(hb_stats["healthbench_spend"])
+    for key in ("prompt_tokens", "completion_tokens"):
+        stats[key] = sum(s[key] for s in spends)
+    for key in ("cost_usd", "cost_usd_possibly_billed"):
+        stats[key] = round(sum(s[key] for s in spends), 6)
+    ctx.write_stats(stats)
+    if pairwise or not hb_sets:
+        _log_to_wandb(ctx, rows, chart, samples)
+        ctx.log_artifact(VERDICTS, WIN_RATES.path(ctx.run_dir))
+    if hb_sets:
+        _log_healthbench_to_wandb(ctx, stats)
+    if ctx.cfg.judge.launch_local:
+        summary["note"] = "weak local judge"
+    return summary
+
+
+def _win_rates(ctx: StageContext, test_sets: list[str]) -> tuple[dict[str, Any], dict[str, Any], list, Path, list]:
+    """The paper's protocol on ``test_sets``: (stats, console summary, rows, chart, W&B samples)."""
     cfg = ctx.cfg.judge
     identity = endpoint_identity(cfg, cfg.base_url)
     response_format = _response_format(cfg)
 
     pairs: list[Pair] = []
     skipped: list[str] = []
-    for test_set in _test_sets(ctx.cfg):
+    for test_set in test_sets:
         path = ctx.input_path(PREDICTIONS, test_set=test_set)
         predictions = load_predictions(path, test_set, ctx.cfg.cache_dir, cfg.limit)
         ctx.use_artifact(PREDICTIONS, path, test_set=test_set)
@@ -253,12 +308,62 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "skipped": skipped,
         "records_in": len(judged), "records_out": len(verdicts),
     }
-    ctx.write_stats(stats)
-    _log_to_wandb(ctx, rows, chart, samples)
-    ctx.log_artifact(VERDICTS, WIN_RATES.path(ctx.run_dir))
     headline = {f"{r['test_set']}/{r['reference']}": r["win_rate"] for r in rows}
-    return {"pairs": len(judged), "unparsed": sum(r["n_unparsed"] for r in rows), **headline,
-            **({"note": "weak local judge"} if cfg.launch_local else {})}
+    return stats, {"pairs": len(judged), "unparsed": sum(r["n_unparsed"] for r in rows), **headline}, rows, chart, samples
+
+
+# ---------------------------------------------------------------------------------------------
+# HealthBench: every rubric item graded as simple-evals grades it
+# ---------------------------------------------------------------------------------------------
+
+HEALTHBENCH_WORK_LOG = "healthbench_requests.jsonl"
+HEALTHBENCH_BATCH_LOG = "healthbench_batches.jsonl"
+
+
+def _healthbench(ctx: StageContext, test_sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Grade every rubric item of every answered conversation; score each set as simple-evals does."""
+    cfg, hb = ctx.cfg.judge, ctx.cfg.healthbench
+    protocol = healthbench_prompt.load_protocol(ctx.cfg.cache_dir)
+    settings = hb_eval.grader_settings(cfg, hb, protocol, kind="healthbench")
+    pairs = {}
+    for test_set in test_sets:
+        path = ctx.input_path(PREDICTIONS, test_set=test_set)
+        pairs[test_set] = hb_eval.align_predictions(path, test_set, ctx.cfg.cache_dir, cfg.limit)
+        ctx.use_artifact(PREDICTIONS, path, test_set=test_set)
+    subjects = [s for t in test_sets for s in hb_eval.rubric_subjects(t, pairs[t], protocol)]
+    graded = hb_eval.grade(subjects, protocol, settings, cfg, endpoint_identity(cfg, cfg.base_url),
+                           ctx.dir / HEALTHBENCH_WORK_LOG, ctx.dir / HEALTHBENCH_BATCH_LOG,
+                           lambda: ctx.endpoint("judge"), desc="healthbench grader")
+    grades, scores, rows = [], [], []
+    for test_set in test_sets:
+        g, s, row = hb_eval.score_set(test_set, pairs[test_set], graded.graded, hb.bootstrap, hb.bootstrap_seed)
+        grades += g
+        scores += s
+        rows.append(row)
+    write_jsonl_atomic(HEALTHBENCH_GRADES.path(ctx.run_dir), grades)
+    write_jsonl_atomic(HEALTHBENCH_SCORES.path(ctx.run_dir), scores)
+    grader = hb_eval.grader_description(cfg, settings, protocol)
+    chart = healthbench_chart(ctx.dir / "healthbench.png", rows,
+                              f"HealthBench, grader {cfg.model}{' (weak local grader)' if cfg.launch_local else ''}: "
+                              "mean clipped to [0, 1], bootstrap std bars")
+    stats = {"healthbench": rows, "healthbench_grader": grader, "weak_grader": bool(cfg.launch_local),
+             "healthbench_spend": hb_eval.spend(cfg, graded.work_records), "healthbench_chart": str(chart)}
+    summary = {f"{r['test_set']}/score": None if r["score"] is None else round(r["score"], 4) for r in rows}
+    summary["criteria_unparsed"] = sum(r["criteria_unparsed"] for r in rows)
+    return stats, summary
+
+
+def _log_healthbench_to_wandb(ctx: StageContext, stats: dict[str, Any]) -> None:
+    rows = stats["healthbench"]
+    columns = ["test_set", "kind", "name", "score", "bootstrap_std", "n"]
+    table = [[r["test_set"], "overall", "overall", r["score"], r["bootstrap_std"], r["n"]] for r in rows]
+    table += [[r["test_set"], kind, t["tag"], t["score"], t["bootstrap_std"], t["n"]]
+              for r in rows for kind in ("themes", "axes", "clusters") for t in r[kind]]
+    ctx.tracker.table("judge/healthbench", columns, table)
+    ctx.tracker.image("judge/healthbench_chart", Path(stats["healthbench_chart"]))
+    ctx.tracker.summary({f"judge/{r['test_set']}/score": r["score"] for r in rows}
+                        | {f"judge/{r['test_set']}/bootstrap_std": r["bootstrap_std"] for r in rows})
+    ctx.log_artifact(HEALTHBENCH_GRADES, HEALTHBENCH_SCORES.path(ctx.run_dir))
 
 
 def _generator(pairs: list[Pair]) -> str:

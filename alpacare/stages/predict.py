@@ -23,13 +23,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from alpacare.data.eval_sets import check_eval_set, eval_set_name, load_items
+from alpacare.data.eval_sets import check_eval_set, eval_set_name, load_test_items
 from alpacare.data.jsonl import AppendLog, write_jsonl_atomic
 from alpacare.fingerprint import check_settings
 from alpacare.evaluation.inference import (
     Decoding, Generation, InferenceModel, generate, generate_vllm, load_for_inference, load_vllm, model_name,
 )
-from alpacare.prompts.chat import format_task, template_of
+from alpacare.prompts.chat import format_conversation, format_task, template_of
 from alpacare.stages import MODEL, PREDICTIONS, StageContext
 
 log = logging.getLogger(__name__)
@@ -79,34 +79,37 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return loaded[0]
 
     def prompt_of(item: dict[str, Any]) -> str:
-        """The training prompt; ``chat`` needs the model's tokenizer (the engine's)."""
-        if template == "alpaca":
-            return format_task(template, None, item["instruction"], item["input"])
-        e = engine()
-        tokenizer = e.tokenizer if isinstance(e, InferenceModel) else e.get_tokenizer()
+        """The training prompt (a conversation's: every turn, alpacare/prompts/chat.py); ``chat``
+        needs the model's tokenizer (the engine's)."""
+        tokenizer = None
+        if template != "alpaca":
+            e = engine()
+            tokenizer = e.tokenizer if isinstance(e, InferenceModel) else e.get_tokenizer()
+        if "messages" in item:
+            return format_conversation(template, tokenizer, item["messages"])
         return format_task(template, tokenizer, item["instruction"], item["input"])
 
     per_set: dict[str, dict[str, Any]] = {}
     for spec in cfg.test_sets:
         name = eval_set_name(str(spec))
-        items = load_items(str(spec), ctx.cfg.cache_dir)
-        if cfg.limit is not None:
-            items = items[: cfg.limit]
+        # HealthBench: a seeded subset (healthbench.seed), items keep their index in the file.
+        items = load_test_items(str(spec), cfg.limit, ctx.cfg.healthbench.seed, ctx.cfg.cache_dir)
         prompts = [prompt_of(it) for it in items]
         started = time.perf_counter()
         with AppendLog(ctx.dir / f"{name}{WORK_LOG_SUFFIX}") as work:
             done = {r["index"] for r in work.records}
-            todo = [i for i in range(len(items)) if i not in done]
+            todo = [k for k, it in enumerate(items) if it["index"] not in done]
             log.info("predict: %s, %d items, %d already answered", name, len(items), len(items) - len(todo))
             if todo:
-                _answer(ctx, engine, [prompts[i] for i in todo], todo, work, desc=f"predict {name}", template=template)
+                _answer(ctx, engine, [prompts[k] for k in todo], [items[k]["index"] for k in todo], work,
+                        desc=f"predict {name}", template=template)
             answers = {r["index"]: r for r in work.records}
         seconds = time.perf_counter() - started
         records = [{**it, "output": answers[it["index"]]["output"], "generator": generator,
                     "finish_reason": answers[it["index"]]["finish_reason"],
                     "new_tokens": answers[it["index"]]["new_tokens"]} for it in items]
         write_jsonl_atomic(PREDICTIONS.path(ctx.run_dir, test_set=name), records)
-        new_tokens = sum(answers[i]["new_tokens"] for i in todo)
+        new_tokens = sum(answers[items[k]["index"]]["new_tokens"] for k in todo)
         per_set[name] = {
             "items": len(items),
             "generated": len(todo),

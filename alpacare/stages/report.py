@@ -14,6 +14,8 @@ out with a note when its input is unreadable (corrupt stats, a dataset of the wr
 2. Contamination: copies of test items dedup removed (or, with ``report.data``, that the file holds
    against ``dedup.decontaminate``'s sources; written to ``report/contamination.jsonl``).
 3. Win rates: test sets x references, with SE, n and the length-controlled value, and the bar chart.
+   HealthBench: scores per set, theme and axis with bootstrap std and the chart, the rubric items the
+   answers lost most points on (with the answers), and the grader check against physicians.
 4. Benchmarks: lm-eval table and chart.
 5. Data: counts, rejects, dedup kept ratio; tokens and cost per stage and role.
 6. Dataset analysis (alpacare/report/analysis.py) of the generated data or ``report.data``, next to the seeds.
@@ -45,6 +47,7 @@ from alpacare.report.sections import (
     benchmark_section,
     contamination_section,
     data_section,
+    healthbench_section,
     predictions_section,
     results_section,
     review_section,
@@ -92,6 +95,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for stage, reason in omitted.items():
         blocks.append(note(f"{stage}: section left out, {reason}"))
     add("win_rates", win_rates_section(run_dir, stats.get("judge"), out))
+    add("healthbench", healthbench_section(run_dir, stats.get("judge"), stats.get("grader_check"), out,
+                                           int(ctx.cfg.healthbench.worst_criteria)))
     add("benchmarks", benchmark_section(stats.get("benchmark"), out))
     add("data", data_section(run_dir, stats))
     analysis_blocks, analysis_note = analysis_section(ctx, out)
