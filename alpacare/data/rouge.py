@@ -9,30 +9,41 @@ bit) in seconds. It is pure: no Hydra, no I/O.
 Algorithm
 ---------
 1. Tokens -> integer ids. Each instruction's token multiset becomes a *set* of features
-   ``(token, occurrence number)`` ("the#1", "the#2", ...), so the multiset overlap of two
-   instructions is the size of their feature-set intersection.
-2. Exact upper bound. ``LCS(x, y) <= overlap(x, y) <= min(|x|, |y|)``, and ROUGE-L F equals
-   ``2*LCS/(|x|+|y|)`` up to rounding, so ``ub = 2*overlap/(|x|+|y|)`` bounds the score.
-3. Candidates through an inverted index (feature -> ids of indexed instructions). For a query
-   instruction one pass over its features' posting lists counts its overlap with every indexed
-   instruction that shares a feature; instructions sharing nothing score exactly 0.
-4. Best-first exact maximum. The candidates are bucket-sorted by ``ub`` (1024 buckets, O(n))
-   and their LCS is computed from the highest bound down, stopping as soon as the best score
-   found beats every remaining bound (plus a 1e-9 margin that dwarfs float rounding). This
-   yields the *exact* maximum ROUGE-L of every instruction and its nearest neighbour, not just
-   the keep/drop bit, at the cost of LCS runs only for the few candidates whose bound is above
-   that maximum. The keep/drop decision is then ``max > threshold`` with the max computed by
-   the same float expression as rouge_score (``2*p*r/(p+r)``), so a pair at exactly the
-   threshold is treated exactly as the reference treats it.
-5. LCS length by Hyyro's bit-parallel algorithm in numba (one 64-bit word per 64 tokens of the
+   ``(token, occurrence number)`` ("the#1", "the#2", ...), so the multiset (bag) overlap of two
+   instructions is the size of their feature-set intersection. Features are numbered by rarity
+   (document frequency, rarest first) and each text's features are kept sorted in that order.
+2. Exact bound. rouge_score's F-measure (beta 1) is ``2*LCS/(m+n)`` up to float rounding, and
+   ``LCS <= overlap <= min(m, n)``. So a pair can score >= a floor f only if
+   ``overlap >= r(m, n) = ceil((f - 1e-9) * (m + n) / 2)`` (the 1e-9 covers rounding: the float
+   F differs from the exact ratio by a few ulps, ~1e-16), and only if ``r(m, n) <= min(m, n)``,
+   which bounds the partner's length. Pairs sharing no token score exactly 0.
+3. Prefix filter (AllPairs / PPJoin, Bayardo et al. 2007, Xiao et al. 2008). Let a(m) be the least
+   r(m, n) over the partner lengths n that can reach f. Two texts with overlap o >= a share a
+   feature among the first ``m - a(m) + 1`` features (in rarity order) of each: the rarest shared
+   feature has o - 1 shared ones after it in both. So only those prefixes go into the inverted
+   index (feature -> text, position), and a query probes only its own prefix: the long posting lists
+   of frequent words ("the#1", "a#1") are mostly never built or read.
+4. Candidate bound. For a text found through the index, the features shared but not found lie
+   after the last shared one found, in both texts (else both prefixes would hold it), and outside
+   one of the prefixes, so ``overlap <= found + min(m - 1 - i, n - 1 - j, (m - p_m) + (n - p_n))``
+   (i, j: positions of the last one found; p: prefix lengths). Candidates whose bound is below
+   r(m, n) are dropped without an LCS.
+5. Best-first exact maximum. The remaining candidates are bucket-sorted by their bound
+   ``2*overlap/(m+n)`` (1024 buckets, O(n)) and their LCS is computed from the highest bound down,
+   stopping as soon as the best score found beats every remaining bound (plus a 1e-9 margin).
+   Every text scoring >= f is a candidate, so the maximum is exact wherever it is >= f, nearest
+   neighbour and ties included; a maximum below f is reported as the best score among the
+   candidates scored (a lower bound; 0.0 and no neighbour when none), which says only that the
+   exact one is below f too. The keep/drop decision is ``max > threshold`` with the max computed
+   by the same float expression as rouge_score (``2*p*r/(p+r)``), so with f <= threshold the
+   decisions are exactly the reference's, a pair at exactly the threshold included.
+   The filters' floor defaults to the threshold: decisions and the scores of dropped
+   instructions are exact and the search is sub-quadratic on real data. Floor 0 turns the prefix
+   filter off (every text sharing a token is a candidate): every maximum is exact, at a cost
+   quadratic in the number of instructions (``max_similarity_to`` against a few hundred seeds).
+6. LCS length by Hyyro's bit-parallel algorithm in numba (one 64-bit word per 64 tokens of the
    query; tokens of the candidate absent from the query are skipped since they cannot change
    the bit vector).
-
-Why not prefix filtering? It finds the pairs *above* a threshold cheaply, but the report also
-wants every instruction's maximum similarity (the self-instruct histogram), which for a kept
-instruction lies below the threshold where prefixes cover almost every feature. Full overlap
-counting over compact int32 posting lists costs ~1 ns per posting and is what the exact
-maximum needs anyway; the decision comes for free from the maximum.
 
 Semantics
 ---------
@@ -76,6 +87,9 @@ _CHUNK = 512
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
+# progress(done, kept): instructions done so far and how many of them are kept.
+Progress = Callable[[int, int], None]
+
 
 def tokenize(text: str) -> list[str]:
     """Tokens exactly as rouge_score's default tokenizer makes them (use_stemmer=False)."""
@@ -114,9 +128,10 @@ class FilterResult:
     """Outcome of a filter run over ``instructions`` (indices refer to that list).
 
     kept: indices of kept instructions, ascending.
-    max_similarity[i]: exact maximum ROUGE-L F of instruction i against the texts it was
-        compared with (greedy: seeds + instructions kept before it; pairwise: seeds + all
-        other instructions). 0.0 when it shares no token with any of them.
+    max_similarity[i]: maximum ROUGE-L F of instruction i against the texts it was compared with
+        (greedy: seeds + instructions kept before it; pairwise: seeds + all other instructions),
+        exact wherever it is >= ``floor``; a value below ``floor`` is a lower bound of an exact
+        maximum that is below ``floor`` too. 0.0 when it shares no token with any of them.
     nearest_index[i] / nearest_seed[i]: index (into instructions / into seeds) of the text that
         achieves that maximum, -1 in the other array or when there is none.
     stats: counters and timings (lcs_computed, candidate_pairs, seconds, ...).
@@ -131,6 +146,7 @@ class FilterResult:
     stats: dict = field(default_factory=dict)
     instructions: Sequence[str] = field(default=(), repr=False)
     seeds: Sequence[str] = field(default=(), repr=False)
+    floor: float = 0.0
 
     @property
     def dropped(self) -> list[int]:
@@ -154,9 +170,9 @@ class _Corpus:
     """Seeds then instructions as flat int32 arrays (CSR by ``off``)."""
 
     tok: np.ndarray  # token id per position
-    feat: np.ndarray  # feature id (token, occurrence) per position
+    sfeat: np.ndarray  # text k's features (token, occurrence) as rarity ranks, ascending, at off[k]:off[k+1]
     off: np.ndarray  # text k spans positions off[k]:off[k+1]
-    df: np.ndarray  # number of texts holding each feature
+    n_features: int
     n_seeds: int
     max_len: int
     max_distinct: int
@@ -170,15 +186,30 @@ def _encode(texts: Sequence[str], n_seeds: int) -> _Corpus:
         ids.extend([vocab.setdefault(w, len(vocab)) for w in tokenize(text)])
         off[k + 1] = len(ids)
     tok = np.asarray(ids, dtype=np.int32)
+    del ids
     occ, max_distinct = _occurrence_numbers(tok, off, max(len(vocab), 1))
     # Feature (token, occurrence) as one int64 key, then renumbered densely.
     keys = occ.astype(np.int64) * max(len(vocab), 1) + tok
+    del occ
     uniq, feat = np.unique(keys, return_inverse=True)
+    del keys
     feat = feat.astype(np.int32).reshape(-1)
-    # Each feature occurs at most once per text, so its count is its document frequency.
-    df = np.bincount(feat, minlength=len(uniq)).astype(np.int64)
+    # Each feature occurs at most once per text, so its count is its document frequency. Features
+    # are renamed by rarity (rank 0 = rarest), the global order of the prefix filter.
+    df = np.bincount(feat, minlength=len(uniq))
+    rank = np.empty(len(uniq), dtype=np.int32)
+    rank[np.argsort(df, kind="stable")] = np.arange(len(uniq), dtype=np.int32)
+    sfeat = rank[feat]
+    del feat
+    _sort_segments(sfeat, off)
     lens = np.diff(off)
-    return _Corpus(tok, feat, off, df, n_seeds, int(lens.max(initial=0)), max_distinct)
+    return _Corpus(tok, sfeat, off, len(uniq), n_seeds, int(lens.max(initial=0)), max_distinct)
+
+
+@njit(cache=True)
+def _sort_segments(values, off):
+    for k in range(len(off) - 1):
+        values[off[k]:off[k + 1]] = np.sort(values[off[k]:off[k + 1]])
 
 
 @njit(cache=True)
@@ -198,6 +229,39 @@ def _occurrence_numbers(tok, off, vocab_size):
             seen[tok[p]] = 0
         max_distinct = max(max_distinct, distinct)
     return occ, max_distinct
+
+
+# --------------------------------------------------------------------------- prefix filter
+
+
+@njit(cache=True)
+def _required_overlap(low, m, n):
+    """Least bag overlap a pair of lengths m, n needs for 2*overlap/(m+n) >= ``low`` (and at least 1:
+    texts sharing no token score 0, which is never above a threshold)."""
+    return max(1, int(math.ceil(low * (m + n) / 2.0)))
+
+
+@njit(cache=True)
+def _prefix_lengths(low, max_len):
+    """prefix[m]: how many of a length-m text's rarest features go into the index and the probe.
+
+    A partner of length n needs overlap >= r(m, n) = _required_overlap(low, m, n), and r <= min(m, n)
+    (the overlap cannot exceed either text). r grows with n, so the least r over admissible partners,
+    a(m), is r(m, n) at the least n with r(m, n) <= n. Two texts with overlap o >= a share one of the
+    first |x| - o + 1 features of each in the global (rarity) order: the rarest shared feature has
+    o - 1 shared ones after it in both. So m - a(m) + 1 features per text find every such pair.
+    """
+    prefix = np.zeros(max_len + 1, dtype=np.int64)
+    for m in range(1, max_len + 1):
+        lo, hi = 1, m  # r(m, m) <= m since low <= 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _required_overlap(low, m, mid) <= mid:
+                hi = mid
+            else:
+                lo = mid + 1
+        prefix[m] = m - _required_overlap(low, m, lo) + 1
+    return prefix
 
 
 # --------------------------------------------------------------------------- LCS kernels
@@ -305,18 +369,22 @@ def _lcs_dp(a, b):
 def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
     n_words = max(1, (max_len + 63) // 64)
     cnt = np.zeros(n_texts, dtype=np.int32)
+    last_q = np.zeros(n_texts, dtype=np.int32)
+    last_j = np.zeros(n_texts, dtype=np.int32)
     touched = np.empty(n_texts, dtype=np.int32)
     order = np.empty(n_texts, dtype=np.int32)
     bucket = np.zeros(_N_BUCKETS + 2, dtype=np.int64)
     slot = np.full(vocab_size, -1, dtype=np.int32)
     pm = np.zeros(max(1, max_distinct) * n_words, dtype=np.uint64)
     vbuf = np.zeros(n_words, dtype=np.uint64)
-    return cnt, touched, order, bucket, slot, pm, vbuf
+    return cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf
 
 
 @njit(cache=True)
-def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touched, order, bucket, slot, pm, vbuf):
-    """Exact max ROUGE-L F of text q against the indexed texts (except ``skip``).
+def _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, skip,
+                cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf):
+    """Max ROUGE-L F of text q against the indexed texts (except ``skip``), exact when it is
+    >= ``low`` + _MARGIN; below that, the best among the candidates scored (a lower bound).
 
     Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates).
     """
@@ -324,16 +392,20 @@ def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touche
     m = q1 - q0
     if m == 0:
         return 0.0, -1, 0, 0
-    # 1. Overlap with every indexed text sharing a feature.
+    pq = prefix[m]
+    # 1. Probe: every indexed text sharing one of q's prefix features, with the number shared and
+    #    the positions (in both texts' rarity order) of the last one.
     n_touched = 0
-    for p in range(q0, q1):
-        f = feat[p]
+    for i in range(pq):
+        f = sfeat[q0 + i]
         for k in range(post_start[f], post_start[f] + post_len[f]):
             j = post[k]
             if cnt[j] == 0:
                 touched[n_touched] = j
                 n_touched += 1
             cnt[j] += 1
+            last_q[j] = i
+            last_j[j] = post_pos[k]
     if skip >= 0 and cnt[skip] > 0:  # the query itself, when it is in the index
         cnt[skip] = 0
         for t in range(n_touched):
@@ -341,9 +413,25 @@ def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touche
                 touched[t] = touched[n_touched - 1]
                 n_touched -= 1
                 break
+    n_candidates = n_touched
+    # 2. Bag-overlap bound of each: a shared feature not found lies after the last one found in
+    #    both texts (else both prefixes hold it) and outside one of the prefixes. Candidates whose
+    #    bound cannot reach ``low`` go; cnt[j] becomes the bound.
+    kept = 0
+    for t in range(n_touched):
+        j = touched[t]
+        n = off[j + 1] - off[j]
+        ub = cnt[j] + min(m - 1 - last_q[j], n - 1 - last_j[j], (m - pq) + (n - prefix[n]))
+        if ub < _required_overlap(low, m, n):
+            cnt[j] = 0
+            continue
+        cnt[j] = ub
+        touched[kept] = j
+        kept += 1
+    n_touched = kept
     if n_touched == 0:
-        return 0.0, -1, 0, 0
-    # 2. Bucket-sort candidates by their bound 2*overlap/(m+n), highest first.
+        return 0.0, -1, 0, n_candidates
+    # 3. Bucket-sort candidates by their bound 2*overlap/(m+n), highest first.
     bucket[:] = 0
     for t in range(n_touched):
         j = touched[t]
@@ -360,10 +448,10 @@ def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touche
         b = int(ub * _N_BUCKETS)
         order[bucket[b]] = j
         bucket[b] += 1
-    # 3. Match masks of the query for the bit-parallel LCS.
+    # 4. Match masks of the query for the bit-parallel LCS.
     n_words = max(1, (m + 63) // 64)
     _match_masks(tok, q0, q1, slot, pm, n_words)
-    # 4. Exact LCS in order of decreasing bound until no bound can beat the best.
+    # 5. Exact LCS in order of decreasing bound until no bound can beat the best.
     best = 0.0
     best_j = -1
     n_lcs = 0
@@ -383,48 +471,65 @@ def _best_match(q, tok, feat, off, post, post_start, post_len, skip, cnt, touche
         if f > best or (f == best and f > 0.0 and j < best_j):
             best = f
             best_j = j
-    # 5. Reset the scratch arrays for the next query.
+    # 6. Reset the scratch arrays for the next query.
     for t in range(n_touched):
         cnt[touched[t]] = 0
     for p in range(q0, q1):
         slot[tok[p]] = -1
-    return best, best_j, n_lcs, n_touched
+    return best, best_j, n_lcs, n_candidates
 
 
 @njit(cache=True)
-def _index_text(j, feat, off, post, post_start, post_len):
-    for p in range(off[j], off[j + 1]):
-        f = feat[p]
-        post[post_start[f] + post_len[f]] = j
+def _index_text(j, prefix, sfeat, off, post, post_pos, post_start, post_len):
+    """Text j's prefix features into the index (with their positions in j's rarity order)."""
+    j0 = off[j]
+    for i in range(prefix[off[j + 1] - j0]):
+        f = sfeat[j0 + i]
+        k = post_start[f] + post_len[f]
+        post[k] = j
+        post_pos[k] = i
         post_len[f] += 1
 
 
 @njit(cache=True)
-def _greedy_chunk(lo, hi, threshold, tok, feat, off, post, post_start, post_len, keep, best, best_j, counters,
-                  cnt, touched, order, bucket, slot, pm, vbuf):
+def _index_capacity(prefix, sfeat, off, n_features):
+    """Per feature, how many texts hold it in their prefix: the room its posting list may need."""
+    df = np.zeros(n_features, dtype=np.int64)
+    for j in range(len(off) - 1):
+        j0 = off[j]
+        for i in range(prefix[off[j + 1] - j0]):
+            df[sfeat[j0 + i]] += 1
+    return df
+
+
+@njit(cache=True)
+def _greedy_chunk(lo, hi, threshold, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, keep,
+                  best, best_j, counters, cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf):
     """Greedy walk over texts lo..hi-1; kept ones join the index for the texts after them."""
     for q in range(lo, hi):
-        s, j, n_lcs, n_cand = _best_match(q, tok, feat, off, post, post_start, post_len, -1,
-                                          cnt, touched, order, bucket, slot, pm, vbuf)
+        s, j, n_lcs, n_cand = _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, -1,
+                                          cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf)
         best[q] = s
         best_j[q] = j
         counters[0] += n_lcs
         counters[1] += n_cand
         keep[q] = not (s > threshold)
         if keep[q]:
-            _index_text(q, feat, off, post, post_start, post_len)
+            counters[2] += 1
+            _index_text(q, prefix, sfeat, off, post, post_pos, post_start, post_len)
 
 
 @njit(cache=True, parallel=True)
-def _pairwise_chunk(lo, hi, n_threads, tok, feat, off, post, post_start, post_len, best, best_j, counters,
-                    vocab_size, max_len, max_distinct):
+def _pairwise_chunk(lo, hi, n_threads, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, best,
+                    best_j, counters, vocab_size, max_len, max_distinct):
     """Each text lo..hi-1 against the full (static) index, in parallel threads."""
     n_texts = len(off) - 1
     for t in prange(n_threads):
-        cnt, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len, max_distinct)
+        cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len,
+                                                                                     max_distinct)
         for q in range(lo + t, hi, n_threads):
-            s, j, n_lcs, n_cand = _best_match(q, tok, feat, off, post, post_start, post_len, q,
-                                              cnt, touched, order, bucket, slot, pm, vbuf)
+            s, j, n_lcs, n_cand = _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len,
+                                              q, cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf)
             best[q] = s
             best_j[q] = j
             counters[t, 0] += n_lcs
@@ -441,24 +546,53 @@ def _check_threshold(threshold: float) -> float:
     return threshold
 
 
-def _empty_index(corpus: _Corpus):
-    post_start = np.zeros(len(corpus.df), dtype=np.int64)
-    np.cumsum(corpus.df[:-1], out=post_start[1:])
-    post = np.empty(int(corpus.df.sum()), dtype=np.int32)
-    post_len = np.zeros(len(corpus.df), dtype=np.int64)
-    return post, post_start, post_len
+def _check_floor(floor: Optional[float], threshold: float) -> float:
+    if floor is None:
+        return threshold
+    floor = float(floor)
+    if math.isnan(floor) or not 0.0 <= floor <= threshold:
+        raise ValueError(f"similarity floor must be in [0, threshold={threshold}], got {floor}")
+    return floor
 
 
-def _result(mode, threshold, keep, best, best_j, corpus, instructions, seeds, stats) -> FilterResult:
+@dataclass
+class _Index:
+    """Inverted index feature -> (text, position of the feature in the text's rarity order), over
+    the prefixes that a floor allows; posting lists have room for every text, filled as texts join."""
+
+    low: float  # pairs whose 2*overlap/(m+n) is below this cannot score >= the floor
+    prefix: np.ndarray
+    post: np.ndarray
+    post_pos: np.ndarray
+    post_start: np.ndarray
+    post_len: np.ndarray
+
+    @classmethod
+    def empty(cls, corpus: _Corpus, floor: float) -> "_Index":
+        low = floor - _MARGIN  # rouge_score's float F may exceed 2*LCS/(m+n) by a few ulps
+        prefix = _prefix_lengths(low, corpus.max_len)
+        room = _index_capacity(prefix, corpus.sfeat, corpus.off, corpus.n_features)
+        post_start = np.zeros(corpus.n_features, dtype=np.int64)
+        np.cumsum(room[:-1], out=post_start[1:])
+        size = int(room.sum())
+        return cls(low, prefix, np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32), post_start,
+                   np.zeros(corpus.n_features, dtype=np.int64))
+
+    def add(self, corpus: _Corpus, j: int) -> None:
+        _index_text(j, self.prefix, corpus.sfeat, corpus.off, self.post, self.post_pos, self.post_start,
+                    self.post_len)
+
+
+def _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats) -> FilterResult:
     s = corpus.n_seeds
     nearest = best_j[s:]
     nearest_seed = np.where((nearest >= 0) & (nearest < s), nearest, -1)
     nearest_index = np.where(nearest >= s, nearest - s, -1)
     kept = np.flatnonzero(keep[s:]).tolist()
-    stats.update(mode=mode, threshold=threshold, total=len(instructions), seeds=len(seeds), kept=len(kept),
-                 dropped=len(instructions) - len(kept))
+    stats.update(mode=mode, threshold=threshold, floor=floor, total=len(instructions), seeds=len(seeds),
+                 kept=len(kept), dropped=len(instructions) - len(kept))
     return FilterResult(mode, threshold, kept, best[s:].copy(), nearest_index, nearest_seed, stats,
-                        instructions, seeds)
+                        instructions, seeds, floor)
 
 
 def _prepare(instructions, seeds):
@@ -473,69 +607,76 @@ def _prepare(instructions, seeds):
 
 
 def greedy_filter(instructions: Sequence[str], threshold: float, seeds: Sequence[str] = (),
-                  progress: Optional[Callable[[int], None]] = None) -> FilterResult:
+                  progress: Optional[Progress] = None, floor: Optional[float] = None) -> FilterResult:
     """Self-instruct/Alpaca filter: keep i iff ROUGE-L(i, t) <= threshold for every seed t and
-    every instruction t kept before i. ``progress(n)`` is called as n more instructions are done.
+    every instruction t kept before i. ``progress(done, kept)`` is called as instructions are done.
+    ``max_similarity`` is exact wherever it is >= ``floor`` (default: the threshold; 0.0 = everywhere).
     """
-    return _greedy_walk("greedy", instructions, _check_threshold(threshold), seeds, progress)
+    threshold = _check_threshold(threshold)
+    return _greedy_walk("greedy", instructions, threshold, _check_floor(floor, threshold), seeds, progress)
 
 
-def _greedy_walk(mode: str, instructions: Sequence[str], threshold: float, seeds: Sequence[str],
-                 progress: Optional[Callable[[int], None]]) -> FilterResult:
-    """Seeds indexed first, then each instruction scored (exact best match) against the index
-    and added to it when its best score is <= ``threshold``."""
+def _greedy_walk(mode: str, instructions: Sequence[str], threshold: float, floor: float, seeds: Sequence[str],
+                 progress: Optional[Progress]) -> FilterResult:
+    """Seeds indexed first, then each instruction scored (best match) against the index and added
+    to it when its best score is <= ``threshold``."""
     t0 = time.perf_counter()
     instructions, seeds, corpus = _prepare(instructions, seeds)
     n_texts = len(corpus.off) - 1
-    post, post_start, post_len = _empty_index(corpus)
+    index = _Index.empty(corpus, floor)
     vocab_size = int(corpus.tok.max(initial=0)) + 1
     ws = _new_workspace(n_texts, vocab_size, corpus.max_len, corpus.max_distinct)
     keep = np.zeros(n_texts, dtype=np.bool_)
     best = np.zeros(n_texts, dtype=np.float64)
     best_j = np.full(n_texts, -1, dtype=np.int64)
-    counters = np.zeros(2, dtype=np.int64)
+    counters = np.zeros(3, dtype=np.int64)  # LCS runs, candidates, kept
     for j in range(corpus.n_seeds):
-        _index_text(j, corpus.feat, corpus.off, post, post_start, post_len)
+        index.add(corpus, j)
     for lo in range(corpus.n_seeds, n_texts, _CHUNK):
         hi = min(lo + _CHUNK, n_texts)
-        _greedy_chunk(lo, hi, threshold, corpus.tok, corpus.feat, corpus.off, post, post_start, post_len,
-                      keep, best, best_j, counters, *ws)
+        _greedy_chunk(lo, hi, threshold, index.low, index.prefix, corpus.tok, corpus.sfeat, corpus.off, index.post,
+                      index.post_pos, index.post_start, index.post_len, keep, best, best_j, counters, *ws)
         if progress is not None:
-            progress(hi - lo)
+            progress(hi - corpus.n_seeds, int(counters[2]))
     stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]),
-             "seconds": round(time.perf_counter() - t0, 3)}
-    return _result(mode, threshold, keep, best, best_j, corpus, instructions, seeds, stats)
+             "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
+    return _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats)
 
 
 def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequence[str] = (),
-                    progress: Optional[Callable[[int], None]] = None) -> FilterResult:
+                    progress: Optional[Progress] = None, floor: Optional[float] = None) -> FilterResult:
     """AlpaCare release filter: drop i if ROUGE-L(i, t) > threshold for any other instruction t
     of the input or any seed t; both members of a near-duplicate pair are dropped.
+    ``max_similarity`` is exact wherever it is >= ``floor`` (default: the threshold; 0.0 = everywhere).
     """
     threshold = _check_threshold(threshold)
+    floor = _check_floor(floor, threshold)
     t0 = time.perf_counter()
     instructions, seeds, corpus = _prepare(instructions, seeds)
     n_texts = len(corpus.off) - 1
-    post, post_start, post_len = _empty_index(corpus)
+    index = _Index.empty(corpus, floor)
     for j in range(n_texts):  # every text is compared with every other: index them all
-        _index_text(j, corpus.feat, corpus.off, post, post_start, post_len)
+        index.add(corpus, j)
     vocab_size = int(corpus.tok.max(initial=0)) + 1
     best = np.zeros(n_texts, dtype=np.float64)
     best_j = np.full(n_texts, -1, dtype=np.int64)
     n_threads = _n_threads()
     counters = np.zeros((n_threads, 2), dtype=np.int64)
     chunk = _CHUNK * n_threads
+    kept = 0
     for lo in range(corpus.n_seeds, n_texts, chunk):
         hi = min(lo + chunk, n_texts)
-        _pairwise_chunk(lo, hi, n_threads, corpus.tok, corpus.feat, corpus.off, post, post_start, post_len,
-                        best, best_j, counters, vocab_size, corpus.max_len, corpus.max_distinct)
+        _pairwise_chunk(lo, hi, n_threads, index.low, index.prefix, corpus.tok, corpus.sfeat, corpus.off, index.post,
+                        index.post_pos, index.post_start, index.post_len, best, best_j, counters, vocab_size,
+                        corpus.max_len, corpus.max_distinct)
+        kept += int(np.count_nonzero(~(best[lo:hi] > threshold)))
         if progress is not None:
-            progress(hi - lo)
+            progress(hi - corpus.n_seeds, kept)
     keep = ~(best > threshold)
     keep[: corpus.n_seeds] = False
     stats = {"lcs_computed": int(counters[:, 0].sum()), "candidate_pairs": int(counters[:, 1].sum()),
-             "seconds": round(time.perf_counter() - t0, 3)}
-    return _result("pairwise", threshold, keep, best, best_j, corpus, instructions, seeds, stats)
+             "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
+    return _result("pairwise", threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats)
 
 
 def _n_threads() -> int:
@@ -545,10 +686,11 @@ def _n_threads() -> int:
 
 
 def max_similarity_to(instructions: Sequence[str], references: Sequence[str],
-                      progress: Optional[Callable[[int], None]] = None) -> FilterResult:
+                      progress: Optional[Progress] = None) -> FilterResult:
     """Each instruction's exact maximum ROUGE-L F against ``references`` only (not against each
     other): the greedy walk with only the references indexed and nothing kept, so no instruction
     joins the index. ``nearest_seed[i]`` is the index of the closest reference. Used by the
     report's dataset analysis (generated tasks vs the seed tasks)."""
-    # Threshold -1: every score (>= 0) is "above" it, so nothing is kept or indexed.
-    return _greedy_walk("against_references", instructions, -1.0, references, progress)
+    # Threshold -1: every score (>= 0) is "above" it, so nothing is kept or indexed. Floor 0: no
+    # prefix filter, every reference sharing a token with the instruction is a candidate.
+    return _greedy_walk("against_references", instructions, -1.0, 0.0, references, progress)
