@@ -185,6 +185,59 @@ def make_corpus(n: int, seed: int = 0, root: Optional[Path] = None) -> tuple[lis
     return seeds, out
 
 
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "de", "pa", "bu", "ge", "ho", "ji", "fe", "zo"]
+
+
+def _pseudo_word(rank: int) -> str:
+    """A made-up word for a Zipf rank beyond the real vocabulary (drug names, codes, rare terms)."""
+    out = []
+    while True:
+        rank, d = divmod(rank, len(_SYLLABLES))
+        out.append(_SYLLABLES[d])
+        if rank == 0:
+            return "".join(out)
+
+
+def make_scale_corpus(n: int, seed: int = 0, root: Optional[Path] = None,
+                      near_duplicate_share: float = 0.1, zipf_a: float = 1.15) -> tuple[list[str], list[str]]:
+    """(seed instructions, n instructions) for the scaling runs: every real instruction (a quarter of
+    the first ~4,000), ``near_duplicate_share`` edited copies of earlier ones (half of a recent one),
+    and Zipf filler for the rest: new distinct instructions as long as real ones (lengths drawn from
+    them), words drawn by a Zipf law (exponent ``zipf_a``) over the real words by frequency and, past
+    them, made-up words, so the vocabulary keeps growing with n as real text does (Heaps' law).
+    Ten times n means ten times the near-duplicates and the filler, the same real instructions."""
+    import numpy as np
+
+    root = root or data_dir()
+    if root is None:
+        raise SystemExit("real instructions not found: set ALPACARE_DATA_DIR or provide ../shared/alpacare-data")
+    seeds, real = load_real_instructions(root)
+    rng = random.Random(seed)
+    rng.shuffle(real)
+    counts: dict[str, int] = {}
+    for t in seeds + real:
+        for w in t.lower().split():
+            counts[w] = counts.get(w, 0) + 1
+    by_freq = sorted(counts, key=lambda w: (-counts[w], w))
+    edit_vocab = sorted(w for w in counts if len(w) < 20)
+    lengths = [len(t.split()) for t in real]
+    nrng = np.random.default_rng(seed)
+    ranks = iter(nrng.zipf(zipf_a, size=sum(lengths) * (n // len(lengths) + 1)).tolist())
+    out: list[str] = []
+    while len(out) < n:
+        r = rng.random()
+        if real and r < 0.25:
+            text = real.pop()
+        elif out and r < 0.25 + near_duplicate_share:
+            text = _near_duplicate(rng.choice(out[-2000:] if rng.random() < 0.5 else out), rng, edit_vocab)
+        else:
+            words = [by_freq[k - 1] if k <= len(by_freq) else _pseudo_word(k) for k in
+                     (next(ranks) for _ in range(rng.choice(lengths)))]
+            text = " ".join(words).capitalize() + rng.choice([".", "?", ":"])
+        out.append(text)
+    return seeds, out
+
+
 def write_corpus(path: Path, n: int, seed: int) -> None:
     """The corpus as dedup stage input: one {"id", "instruction"} record per line."""
     _, corpus = make_corpus(n, seed)

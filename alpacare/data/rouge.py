@@ -381,31 +381,41 @@ def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
 
 
 @njit(cache=True)
-def _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, skip,
+def _best_match(q, low, prefix, tok, sfeat, off, post, post_start, post_len, skip,
                 cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf):
     """Max ROUGE-L F of text q against the indexed texts (except ``skip``), exact when it is
     >= ``low`` + _MARGIN; below that, the best among the candidates scored (a lower bound).
 
-    Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates).
+    Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates,
+    postings read).
     """
     q0, q1 = off[q], off[q + 1]
     m = q1 - q0
     if m == 0:
-        return 0.0, -1, 0, 0
+        return 0.0, -1, 0, 0, 0
     pq = prefix[m]
     # 1. Probe: every indexed text sharing one of q's prefix features, with the number shared and
-    #    the positions (in both texts' rarity order) of the last one.
+    #    the positions (in both texts' rarity order) of the last one. At the first shared feature
+    #    found, every shared feature lies at or after it in both texts (an earlier one would be in
+    #    both prefixes and found first), so 1 + min(features left in q, left in j) bounds the
+    #    overlap (PPJoin's positional filter): texts that cannot reach ``low`` are not counted.
     n_touched = 0
+    n_read = 0
     for i in range(pq):
         f = sfeat[q0 + i]
-        for k in range(post_start[f], post_start[f] + post_len[f]):
+        n_read += post_len[f]
+        left_q = m - 1 - i
+        for k in range(3 * post_start[f], 3 * (post_start[f] + post_len[f]), 3):
             j = post[k]
             if cnt[j] == 0:
+                n = post[k + 2]
+                if 1 + min(left_q, n - 1 - post[k + 1]) < _required_overlap(low, m, n):
+                    continue
                 touched[n_touched] = j
                 n_touched += 1
             cnt[j] += 1
             last_q[j] = i
-            last_j[j] = post_pos[k]
+            last_j[j] = post[k + 1]
     if skip >= 0 and cnt[skip] > 0:  # the query itself, when it is in the index
         cnt[skip] = 0
         for t in range(n_touched):
@@ -430,7 +440,7 @@ def _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, pos
         kept += 1
     n_touched = kept
     if n_touched == 0:
-        return 0.0, -1, 0, n_candidates
+        return 0.0, -1, 0, n_candidates, n_read
     # 3. Bucket-sort candidates by their bound 2*overlap/(m+n), highest first.
     bucket[:] = 0
     for t in range(n_touched):
@@ -476,18 +486,21 @@ def _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, pos
         cnt[touched[t]] = 0
     for p in range(q0, q1):
         slot[tok[p]] = -1
-    return best, best_j, n_lcs, n_candidates
+    return best, best_j, n_lcs, n_candidates, n_read
 
 
 @njit(cache=True)
-def _index_text(j, prefix, sfeat, off, post, post_pos, post_start, post_len):
-    """Text j's prefix features into the index (with their positions in j's rarity order)."""
+def _index_text(j, prefix, sfeat, off, post, post_start, post_len):
+    """Text j's prefix features into the index: (j, position of the feature in j's rarity order,
+    j's length), three int32 per posting so that a probe reads one posting in one place."""
     j0 = off[j]
-    for i in range(prefix[off[j + 1] - j0]):
+    n = off[j + 1] - j0
+    for i in range(prefix[n]):
         f = sfeat[j0 + i]
-        k = post_start[f] + post_len[f]
+        k = 3 * (post_start[f] + post_len[f])
         post[k] = j
-        post_pos[k] = i
+        post[k + 1] = i
+        post[k + 2] = n
         post_len[f] += 1
 
 
@@ -503,24 +516,25 @@ def _index_capacity(prefix, sfeat, off, n_features):
 
 
 @njit(cache=True)
-def _greedy_chunk(lo, hi, threshold, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, keep,
+def _greedy_chunk(lo, hi, threshold, low, prefix, tok, sfeat, off, post, post_start, post_len, keep,
                   best, best_j, counters, cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf):
     """Greedy walk over texts lo..hi-1; kept ones join the index for the texts after them."""
     for q in range(lo, hi):
-        s, j, n_lcs, n_cand = _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, -1,
-                                          cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf)
+        s, j, n_lcs, n_cand, n_read = _best_match(q, low, prefix, tok, sfeat, off, post, post_start, post_len, -1,
+                                                  cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf)
         best[q] = s
         best_j[q] = j
         counters[0] += n_lcs
         counters[1] += n_cand
+        counters[3] += n_read
         keep[q] = not (s > threshold)
         if keep[q]:
             counters[2] += 1
-            _index_text(q, prefix, sfeat, off, post, post_pos, post_start, post_len)
+            _index_text(q, prefix, sfeat, off, post, post_start, post_len)
 
 
 @njit(cache=True, parallel=True)
-def _pairwise_chunk(lo, hi, n_threads, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len, best,
+def _pairwise_chunk(lo, hi, n_threads, low, prefix, tok, sfeat, off, post, post_start, post_len, best,
                     best_j, counters, vocab_size, max_len, max_distinct):
     """Each text lo..hi-1 against the full (static) index, in parallel threads."""
     n_texts = len(off) - 1
@@ -528,12 +542,14 @@ def _pairwise_chunk(lo, hi, n_threads, low, prefix, tok, sfeat, off, post, post_
         cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len,
                                                                                      max_distinct)
         for q in range(lo + t, hi, n_threads):
-            s, j, n_lcs, n_cand = _best_match(q, low, prefix, tok, sfeat, off, post, post_pos, post_start, post_len,
-                                              q, cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf)
+            s, j, n_lcs, n_cand, n_read = _best_match(q, low, prefix, tok, sfeat, off, post, post_start,
+                                                      post_len, q, cnt, last_q, last_j, touched, order, bucket,
+                                                      slot, pm, vbuf)
             best[q] = s
             best_j[q] = j
             counters[t, 0] += n_lcs
             counters[t, 1] += n_cand
+            counters[t, 2] += n_read
 
 
 # --------------------------------------------------------------------------- public API
@@ -562,8 +578,7 @@ class _Index:
 
     low: float  # pairs whose 2*overlap/(m+n) is below this cannot score >= the floor
     prefix: np.ndarray
-    post: np.ndarray
-    post_pos: np.ndarray
+    post: np.ndarray  # (text, position, text length) per posting
     post_start: np.ndarray
     post_len: np.ndarray
 
@@ -575,12 +590,11 @@ class _Index:
         post_start = np.zeros(corpus.n_features, dtype=np.int64)
         np.cumsum(room[:-1], out=post_start[1:])
         size = int(room.sum())
-        return cls(low, prefix, np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32), post_start,
+        return cls(low, prefix, np.empty(3 * size, dtype=np.int32), post_start,
                    np.zeros(corpus.n_features, dtype=np.int64))
 
     def add(self, corpus: _Corpus, j: int) -> None:
-        _index_text(j, self.prefix, corpus.sfeat, corpus.off, self.post, self.post_pos, self.post_start,
-                    self.post_len)
+        _index_text(j, self.prefix, corpus.sfeat, corpus.off, self.post, self.post_start, self.post_len)
 
 
 def _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats) -> FilterResult:
@@ -629,16 +643,16 @@ def _greedy_walk(mode: str, instructions: Sequence[str], threshold: float, floor
     keep = np.zeros(n_texts, dtype=np.bool_)
     best = np.zeros(n_texts, dtype=np.float64)
     best_j = np.full(n_texts, -1, dtype=np.int64)
-    counters = np.zeros(3, dtype=np.int64)  # LCS runs, candidates, kept
+    counters = np.zeros(4, dtype=np.int64)  # LCS runs, candidates, kept, postings read
     for j in range(corpus.n_seeds):
         index.add(corpus, j)
     for lo in range(corpus.n_seeds, n_texts, _CHUNK):
         hi = min(lo + _CHUNK, n_texts)
         _greedy_chunk(lo, hi, threshold, index.low, index.prefix, corpus.tok, corpus.sfeat, corpus.off, index.post,
-                      index.post_pos, index.post_start, index.post_len, keep, best, best_j, counters, *ws)
+                      index.post_start, index.post_len, keep, best, best_j, counters, *ws)
         if progress is not None:
             progress(hi - corpus.n_seeds, int(counters[2]))
-    stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]),
+    stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]), "postings_read": int(counters[3]),
              "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
     return _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats)
 
@@ -661,13 +675,13 @@ def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequen
     best = np.zeros(n_texts, dtype=np.float64)
     best_j = np.full(n_texts, -1, dtype=np.int64)
     n_threads = _n_threads()
-    counters = np.zeros((n_threads, 2), dtype=np.int64)
+    counters = np.zeros((n_threads, 3), dtype=np.int64)  # LCS runs, candidates, postings read
     chunk = _CHUNK * n_threads
     kept = 0
     for lo in range(corpus.n_seeds, n_texts, chunk):
         hi = min(lo + chunk, n_texts)
         _pairwise_chunk(lo, hi, n_threads, index.low, index.prefix, corpus.tok, corpus.sfeat, corpus.off, index.post,
-                        index.post_pos, index.post_start, index.post_len, best, best_j, counters, vocab_size,
+                        index.post_start, index.post_len, best, best_j, counters, vocab_size,
                         corpus.max_len, corpus.max_distinct)
         kept += int(np.count_nonzero(~(best[lo:hi] > threshold)))
         if progress is not None:
@@ -675,7 +689,7 @@ def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequen
     keep = ~(best > threshold)
     keep[: corpus.n_seeds] = False
     stats = {"lcs_computed": int(counters[:, 0].sum()), "candidate_pairs": int(counters[:, 1].sum()),
-             "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
+             "postings_read": int(counters[:, 2].sum()), "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
     return _result("pairwise", threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats)
 
 
