@@ -115,6 +115,22 @@ def test_tokenize_adversarial(text):
 
 
 @FAST
+@given(st.lists(st.one_of(any_text, st.just("a\x00b"), st.just("")), max_size=12))
+def test_batch_encoding_tokenizes_each_text_alone(texts):
+    """The filters tokenize all texts in one regex pass over them joined by NULs: the same tokens,
+    text by text, as rouge_score's tokenizer (ids and token strings in one-to-one correspondence)."""
+    corpus = rouge._encode(texts, 0)
+    assert len(corpus.off) == len(texts) + 1
+    pairs = set()
+    for k, text in enumerate(texts):
+        words = SCORER._tokenizer.tokenize(text)
+        ids = corpus.tok[corpus.off[k]:corpus.off[k + 1]].tolist()
+        assert len(ids) == len(words)
+        pairs.update(zip(ids, words))
+    assert len({i for i, _ in pairs}) == len({w for _, w in pairs}) == len(pairs)
+
+
+@FAST
 @given(st.one_of(sentence, any_text), st.one_of(sentence, any_text))
 def test_rouge_l_matches_rouge_score(a, b):
     assert rouge_l(a, b) == reference_score(a, b)

@@ -77,6 +77,10 @@ __all__ = ["tokenize", "rouge_l", "FilterResult", "greedy_filter", "pairwise_fil
 # rouge_score/tokenize.py lowercases, replaces runs of [^a-z0-9] by a space, splits on
 # whitespace and keeps tokens matching ^[a-z0-9]+$: that is exactly the [a-z0-9] runs.
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
+# Texts are tokenized in batches joined by this (see _token_ids).
+_BOUNDARY = "\x00"
+_TOKEN_OR_BOUNDARY_RE = re.compile(r"[a-z0-9]+|\x00")
+_ENCODE_CHUNK = 20_000
 
 # Score buckets for the best-first LCS order, and the slack that covers float rounding between
 # the exact bound 2*overlap/(m+n) and rouge_score's float F-measure (a few ulps, ~1e-16).
@@ -179,31 +183,62 @@ class _Corpus:
 
 
 def _encode(texts: Sequence[str], n_seeds: int) -> _Corpus:
-    vocab: dict[str, int] = {}
-    ids: list[int] = []
+    vocab: dict[str, int] = {_BOUNDARY: 0}
+    parts, lens = [], []
+    for lo in range(0, len(texts), _ENCODE_CHUNK):
+        ids, n_tokens = _token_ids(texts[lo:lo + _ENCODE_CHUNK], vocab)
+        parts.append(ids)
+        lens.append(n_tokens)
+    tok = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    del parts
     off = np.zeros(len(texts) + 1, dtype=np.int64)
-    for k, text in enumerate(texts):
-        ids.extend([vocab.setdefault(w, len(vocab)) for w in tokenize(text)])
-        off[k + 1] = len(ids)
-    tok = np.asarray(ids, dtype=np.int32)
-    del ids
-    occ, max_distinct = _occurrence_numbers(tok, off, max(len(vocab), 1))
-    # Feature (token, occurrence) as one int64 key, then renumbered densely.
-    keys = occ.astype(np.int64) * max(len(vocab), 1) + tok
+    if lens:
+        np.cumsum(np.concatenate(lens), out=off[1:])
+    vocab_size = max(len(vocab) - 1, 1)
+    occ, max_occ, max_distinct = _occurrence_numbers(tok, off, vocab_size)
+    # Feature (token, occurrence) numbered densely: token t's occurrences 0..max_occ[t]-1 all occur
+    # (a text holding t c times holds its occurrences 0..c-1), so base[t] + occurrence is dense.
+    base = np.zeros(vocab_size, dtype=np.int64)
+    np.cumsum(max_occ[:-1], out=base[1:])
+    feat = (base[tok] + occ).astype(np.int32)
     del occ
-    uniq, feat = np.unique(keys, return_inverse=True)
-    del keys
-    feat = feat.astype(np.int32).reshape(-1)
+    n_features = int(max_occ.sum())
     # Each feature occurs at most once per text, so its count is its document frequency. Features
     # are renamed by rarity (rank 0 = rarest), the global order of the prefix filter.
-    df = np.bincount(feat, minlength=len(uniq))
-    rank = np.empty(len(uniq), dtype=np.int32)
-    rank[np.argsort(df, kind="stable")] = np.arange(len(uniq), dtype=np.int32)
+    df = np.bincount(feat, minlength=n_features)
+    rank = np.empty(n_features, dtype=np.int32)
+    rank[np.argsort(df, kind="stable")] = np.arange(n_features, dtype=np.int32)
     sfeat = rank[feat]
     del feat
     _sort_segments(sfeat, off)
-    lens = np.diff(off)
-    return _Corpus(tok, sfeat, off, len(uniq), n_seeds, int(lens.max(initial=0)), max_distinct)
+    return _Corpus(tok, sfeat, off, n_features, n_seeds, int(np.diff(off).max(initial=0)), max_distinct)
+
+
+def _token_ids(texts: Sequence[str], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids of the texts one after the other, tokens per text), ids from ``vocab`` (grown).
+
+    One regex pass over the texts joined by a NUL, which is no token character (so a NUL inside a
+    text is a blank to the tokenizer, and between texts a boundary): the same tokens as ``tokenize``
+    on each text, without a Python call per text. Lowercasing the joined string changes no ASCII
+    letter or digit (only Greek capital sigma's lowercase depends on its neighbours)."""
+    joined = _BOUNDARY.join(t.replace(_BOUNDARY, " ") for t in texts).lower()
+    ids = np.fromiter(map(vocab.setdefault, _TOKEN_OR_BOUNDARY_RE.findall(joined), _Counter(vocab)), dtype=np.int64)
+    cut = np.flatnonzero(ids == 0)  # boundary ids, one between each two texts
+    n_tokens = np.diff(np.concatenate(([-1], cut, [len(ids)]))) - 1
+    return (ids[ids != 0] - 1).astype(np.int32), n_tokens
+
+
+class _Counter:
+    """Iterator of the next free id of ``vocab``: map(vocab.setdefault, tokens, _Counter(vocab))."""
+
+    def __init__(self, vocab: dict[str, int]):
+        self.vocab = vocab
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        return len(self.vocab)
 
 
 @njit(cache=True)
@@ -214,8 +249,10 @@ def _sort_segments(values, off):
 
 @njit(cache=True)
 def _occurrence_numbers(tok, off, vocab_size):
-    """occ[p] = how many earlier positions of the same text hold the same token."""
+    """occ[p] = how many earlier positions of the same text hold the same token; max_occ[t] = the
+    most times one text holds token t; and the most distinct tokens in one text."""
     seen = np.zeros(vocab_size, dtype=np.int32)
+    max_occ = np.zeros(vocab_size, dtype=np.int64)
     occ = np.zeros(len(tok), dtype=np.int32)
     max_distinct = 0
     for k in range(len(off) - 1):
@@ -226,9 +263,10 @@ def _occurrence_numbers(tok, off, vocab_size):
                 distinct += 1
             seen[tok[p]] += 1
         for p in range(off[k], off[k + 1]):
+            max_occ[tok[p]] = max(max_occ[tok[p]], seen[tok[p]])
             seen[tok[p]] = 0
         max_distinct = max(max_distinct, distinct)
-    return occ, max_distinct
+    return occ, max_occ, max_distinct
 
 
 # --------------------------------------------------------------------------- prefix filter
@@ -243,15 +281,18 @@ def _required_overlap(low, m, n):
 
 @njit(cache=True)
 def _prefix_lengths(low, max_len):
-    """prefix[m]: how many of a length-m text's rarest features go into the index and the probe.
+    """(long[m], short[m]): how many of a length-m text's rarest features find its partners of any
+    length, and its partners at least as long.
 
-    A partner of length n needs overlap >= r(m, n) = _required_overlap(low, m, n), and r <= min(m, n)
-    (the overlap cannot exceed either text). r grows with n, so the least r over admissible partners,
-    a(m), is r(m, n) at the least n with r(m, n) <= n. Two texts with overlap o >= a share one of the
-    first |x| - o + 1 features of each in the global (rarity) order: the rarest shared feature has
-    o - 1 shared ones after it in both. So m - a(m) + 1 features per text find every such pair.
+    A partner of length n needs overlap o >= r(m, n) = _required_overlap(low, m, n), and r <= min(m, n)
+    (the overlap cannot exceed either text). Two texts with overlap o hold their rarest shared
+    feature among their first |x| - o + 1 features in the global (rarity) order: o - 1 shared ones
+    come after it in both. r grows with n, so over all admissible partners o >= a(m) = r(m, n) at
+    the least n with r(m, n) <= n: long[m] = m - a(m) + 1. Over partners with n >= m, o >= r(m, m):
+    short[m] = m - r(m, m) + 1.
     """
     prefix = np.zeros(max_len + 1, dtype=np.int64)
+    short = np.zeros(max_len + 1, dtype=np.int64)
     for m in range(1, max_len + 1):
         lo, hi = 1, m  # r(m, m) <= m since low <= 1
         while lo < hi:
@@ -261,7 +302,8 @@ def _prefix_lengths(low, max_len):
             else:
                 lo = mid + 1
         prefix[m] = m - _required_overlap(low, m, lo) + 1
-    return prefix
+        short[m] = m - _required_overlap(low, m, m) + 1
+    return prefix, short
 
 
 # --------------------------------------------------------------------------- LCS kernels
@@ -369,73 +411,136 @@ def _lcs_dp(a, b):
 def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
     n_words = max(1, (max_len + 63) // 64)
     cnt = np.zeros(n_texts, dtype=np.int32)
-    last_q = np.zeros(n_texts, dtype=np.int32)
-    last_j = np.zeros(n_texts, dtype=np.int32)
     touched = np.empty(n_texts, dtype=np.int32)
     order = np.empty(n_texts, dtype=np.int32)
     bucket = np.zeros(_N_BUCKETS + 2, dtype=np.int64)
     slot = np.full(vocab_size, -1, dtype=np.int32)
     pm = np.zeros(max(1, max_distinct) * n_words, dtype=np.uint64)
     vbuf = np.zeros(n_words, dtype=np.uint64)
-    return cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf
+    return cnt, touched, order, bucket, slot, pm, vbuf
 
 
 @njit(cache=True)
-def _best_match(q, low, prefix, tok, sfeat, off, post, post_start, post_len, skip,
-                cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf):
+def _probe(f, i, m, low, post, post_start, post_len, cnt, touched, n_touched):
+    """Texts of feature f's posting list into ``touched``, counting their hits in ``cnt`` (query q
+    holds f at position i of its rarity order). When a shared feature is found, every rarer shared
+    one has been found before it (it lies earlier in both texts, so in both probed ranges), so
+    hits so far + 1 + min(features left after it in q, in j) bounds the overlap (PPJoin's
+    positional filter). A text whose bound falls short of ``low`` is not a candidate (cnt -1:
+    ruled out for this query). Returns the new n_touched."""
+    left_q = m - 1 - i
+    for k in range(3 * post_start[f], 3 * (post_start[f] + post_len[f]), 3):
+        j = post[k]
+        c = cnt[j]
+        if c < 0:
+            continue
+        n = post[k + 2]
+        if c + 1 + min(left_q, n - 1 - post[k + 1]) < _required_overlap(low, m, n):
+            if c > 0:
+                cnt[j] = -1
+            continue
+        if c == 0:
+            touched[n_touched] = j
+            n_touched += 1
+        cnt[j] = c + 1
+    return n_touched
+
+
+@njit(cache=True)
+def _signatures(sfeat, off):
+    """128 bits per text, one set per feature (by a multiplicative hash of its id). A feature of x
+    whose bit is clear in y's signature is not in y, so
+    ``overlap(x, y) <= |x| - popcount(sig(x) & ~sig(y))``: a bound in a few instructions."""
+    sig = np.zeros((len(off) - 1, 2), dtype=np.uint64)
+    for k in range(len(off) - 1):
+        for p in range(off[k], off[k + 1]):
+            h = (np.uint64(sfeat[p]) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(57)
+            sig[k, h >> np.uint64(6)] |= np.uint64(1) << (h & np.uint64(63))
+    return sig
+
+
+@njit(cache=True)
+def _signature_bound(sig, x, y, m):
+    """Upper bound of overlap(x, y) from the signatures, x of length m (see _signatures)."""
+    return m - _popcount(sig[x, 0] & ~sig[y, 0]) - _popcount(sig[x, 1] & ~sig[y, 1])
+
+
+@njit(cache=True)
+def _overlap(sfeat, a0, a1, b0, b1):
+    """Size of the intersection of two ascending feature lists (the bag overlap of two texts)."""
+    o = 0
+    while a0 < a1 and b0 < b1:
+        x, y = sfeat[a0], sfeat[b0]
+        if x == y:
+            o += 1
+            a0 += 1
+            b0 += 1
+        elif x < y:
+            a0 += 1
+        else:
+            b0 += 1
+    return o
+
+
+@njit(cache=True)
+def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, slot, pm, vbuf):
     """Max ROUGE-L F of text q against the indexed texts (except ``skip``), exact when it is
     >= ``low`` + _MARGIN; below that, the best among the candidates scored (a lower bound).
+
+    The index is in two parts (see _Index): A holds each text's short prefix, B the rest of its
+    long prefix. A pair with n <= m shares a feature in q's long prefix and j's short one; a pair
+    with n > m, one in q's short prefix and j's long one. So q probes A with its long prefix and B
+    with its short one, rarest feature first.
 
     Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates,
     postings read).
     """
+    long_prefix, short_prefix, post_a, start_a, len_a, post_b, start_b, len_b, sig = ix
     q0, q1 = off[q], off[q + 1]
     m = q1 - q0
     if m == 0:
         return 0.0, -1, 0, 0, 0
-    pq = prefix[m]
-    # 1. Probe: every indexed text sharing one of q's prefix features, with the number shared and
-    #    the positions (in both texts' rarity order) of the last one. At the first shared feature
-    #    found, every shared feature lies at or after it in both texts (an earlier one would be in
-    #    both prefixes and found first), so 1 + min(features left in q, left in j) bounds the
-    #    overlap (PPJoin's positional filter): texts that cannot reach ``low`` are not counted.
+    # 1. Probe.
     n_touched = 0
     n_read = 0
-    for i in range(pq):
+    for i in range(long_prefix[m]):
         f = sfeat[q0 + i]
-        n_read += post_len[f]
-        left_q = m - 1 - i
-        for k in range(3 * post_start[f], 3 * (post_start[f] + post_len[f]), 3):
-            j = post[k]
-            if cnt[j] == 0:
-                n = post[k + 2]
-                if 1 + min(left_q, n - 1 - post[k + 1]) < _required_overlap(low, m, n):
-                    continue
-                touched[n_touched] = j
-                n_touched += 1
-            cnt[j] += 1
-            last_q[j] = i
-            last_j[j] = post[k + 1]
-    if skip >= 0 and cnt[skip] > 0:  # the query itself, when it is in the index
+        n_touched = _probe(f, i, m, low, post_a, start_a, len_a, cnt, touched, n_touched)
+        n_read += len_a[f]
+        if i < short_prefix[m]:
+            n_touched = _probe(f, i, m, low, post_b, start_b, len_b, cnt, touched, n_touched)
+            n_read += len_b[f]
+    if skip >= 0 and cnt[skip] != 0:  # the query itself, when it is in the index
         cnt[skip] = 0
         for t in range(n_touched):
             if touched[t] == skip:
                 touched[t] = touched[n_touched - 1]
                 n_touched -= 1
                 break
-    n_candidates = n_touched
-    # 2. Bag-overlap bound of each: a shared feature not found lies after the last one found in
-    #    both texts (else both prefixes hold it) and outside one of the prefixes. Candidates whose
-    #    bound cannot reach ``low`` go; cnt[j] becomes the bound.
+    # 2. Exact bag overlap of each candidate: the count of hits when both texts were probed whole
+    #    (floor 0), else a merge of the two sorted feature lists unless the signatures already rule
+    #    the candidate out. Candidates whose overlap cannot reach ``low`` go; cnt[j] becomes the overlap.
+    whole_q = short_prefix[m] == m
     kept = 0
+    n_candidates = 0
     for t in range(n_touched):
         j = touched[t]
-        n = off[j + 1] - off[j]
-        ub = cnt[j] + min(m - 1 - last_q[j], n - 1 - last_j[j], (m - pq) + (n - prefix[n]))
-        if ub < _required_overlap(low, m, n):
+        if cnt[j] < 0:
             cnt[j] = 0
             continue
-        cnt[j] = ub
+        n_candidates += 1
+        n = off[j + 1] - off[j]
+        need = _required_overlap(low, m, n)
+        if whole_q and short_prefix[n] == n:
+            o = cnt[j]
+        elif _signature_bound(sig, q, j, m) < need or _signature_bound(sig, j, q, n) < need:
+            o = 0
+        else:
+            o = _overlap(sfeat, q0, q1, off[j], off[j + 1])
+        if o < need:
+            cnt[j] = 0
+            continue
+        cnt[j] = o
         touched[kept] = j
         kept += 1
     n_touched = kept
@@ -490,38 +595,52 @@ def _best_match(q, low, prefix, tok, sfeat, off, post, post_start, post_len, ski
 
 
 @njit(cache=True)
-def _index_text(j, prefix, sfeat, off, post, post_start, post_len):
-    """Text j's prefix features into the index: (j, position of the feature in j's rarity order,
-    j's length), three int32 per posting so that a probe reads one posting in one place."""
+def _index_text(j, ix, sfeat, off):
+    """Text j into the index: its short prefix into part A, the rest of its long prefix into B;
+    (j, position of the feature in j's rarity order, j's length) per posting, three int32 in a row
+    so that a probe reads one posting in one place."""
+    long_prefix, short_prefix, post_a, start_a, len_a, post_b, start_b, len_b, sig = ix
     j0 = off[j]
     n = off[j + 1] - j0
-    for i in range(prefix[n]):
+    for i in range(long_prefix[n]):
         f = sfeat[j0 + i]
-        k = 3 * (post_start[f] + post_len[f])
+        if i < short_prefix[n]:
+            k = 3 * (start_a[f] + len_a[f])
+            len_a[f] += 1
+            post = post_a
+        else:
+            k = 3 * (start_b[f] + len_b[f])
+            len_b[f] += 1
+            post = post_b
         post[k] = j
         post[k + 1] = i
         post[k + 2] = n
-        post_len[f] += 1
 
 
 @njit(cache=True)
-def _index_capacity(prefix, sfeat, off, n_features):
-    """Per feature, how many texts hold it in their prefix: the room its posting list may need."""
-    df = np.zeros(n_features, dtype=np.int64)
+def _index_capacity(long_prefix, short_prefix, sfeat, off, n_features):
+    """Per feature, how many texts hold it in their short prefix (A) and in the rest of their
+    long prefix (B): the room its posting lists may need."""
+    room_a = np.zeros(n_features, dtype=np.int64)
+    room_b = np.zeros(n_features, dtype=np.int64)
     for j in range(len(off) - 1):
         j0 = off[j]
-        for i in range(prefix[off[j + 1] - j0]):
-            df[sfeat[j0 + i]] += 1
-    return df
+        n = off[j + 1] - j0
+        for i in range(long_prefix[n]):
+            if i < short_prefix[n]:
+                room_a[sfeat[j0 + i]] += 1
+            else:
+                room_b[sfeat[j0 + i]] += 1
+    return room_a, room_b
 
 
 @njit(cache=True)
-def _greedy_chunk(lo, hi, threshold, low, prefix, tok, sfeat, off, post, post_start, post_len, keep,
-                  best, best_j, counters, cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf):
+def _greedy_chunk(lo, hi, threshold, low, ix, tok, sfeat, off, keep, best, best_j, counters,
+                  cnt, touched, order, bucket, slot, pm, vbuf):
     """Greedy walk over texts lo..hi-1; kept ones join the index for the texts after them."""
     for q in range(lo, hi):
-        s, j, n_lcs, n_cand, n_read = _best_match(q, low, prefix, tok, sfeat, off, post, post_start, post_len, -1,
-                                                  cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf)
+        s, j, n_lcs, n_cand, n_read = _best_match(q, low, ix, tok, sfeat, off, -1,
+                                                  cnt, touched, order, bucket, slot, pm, vbuf)
         best[q] = s
         best_j[q] = j
         counters[0] += n_lcs
@@ -530,21 +649,19 @@ def _greedy_chunk(lo, hi, threshold, low, prefix, tok, sfeat, off, post, post_st
         keep[q] = not (s > threshold)
         if keep[q]:
             counters[2] += 1
-            _index_text(q, prefix, sfeat, off, post, post_start, post_len)
+            _index_text(q, ix, sfeat, off)
 
 
 @njit(cache=True, parallel=True)
-def _pairwise_chunk(lo, hi, n_threads, low, prefix, tok, sfeat, off, post, post_start, post_len, best,
-                    best_j, counters, vocab_size, max_len, max_distinct):
+def _pairwise_chunk(lo, hi, n_threads, low, ix, tok, sfeat, off, best, best_j, counters, vocab_size, max_len,
+                    max_distinct):
     """Each text lo..hi-1 against the full (static) index, in parallel threads."""
     n_texts = len(off) - 1
     for t in prange(n_threads):
-        cnt, last_q, last_j, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len,
-                                                                                     max_distinct)
+        cnt, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len, max_distinct)
         for q in range(lo + t, hi, n_threads):
-            s, j, n_lcs, n_cand, n_read = _best_match(q, low, prefix, tok, sfeat, off, post, post_start,
-                                                      post_len, q, cnt, last_q, last_j, touched, order, bucket,
-                                                      slot, pm, vbuf)
+            s, j, n_lcs, n_cand, n_read = _best_match(q, low, ix, tok, sfeat, off, q,
+                                                      cnt, touched, order, bucket, slot, pm, vbuf)
             best[q] = s
             best_j[q] = j
             counters[t, 0] += n_lcs
@@ -573,28 +690,46 @@ def _check_floor(floor: Optional[float], threshold: float) -> float:
 
 @dataclass
 class _Index:
-    """Inverted index feature -> (text, position of the feature in the text's rarity order), over
-    the prefixes that a floor allows; posting lists have room for every text, filled as texts join."""
+    """Inverted index feature -> (text, position of the feature in the text's rarity order, text
+    length), over the prefixes that a floor allows, in two parts: A holds each text's short prefix
+    (enough for partners at least as long), B the rest of its long prefix (for longer partners).
+    Posting lists have room for every text and fill as texts join."""
 
     low: float  # pairs whose 2*overlap/(m+n) is below this cannot score >= the floor
-    prefix: np.ndarray
-    post: np.ndarray  # (text, position, text length) per posting
-    post_start: np.ndarray
-    post_len: np.ndarray
+    long_prefix: np.ndarray  # [length] -> features probed/indexed for partners of any length
+    short_prefix: np.ndarray  # [length] -> features enough for partners at least as long
+    post_a: np.ndarray
+    start_a: np.ndarray
+    len_a: np.ndarray
+    post_b: np.ndarray
+    start_b: np.ndarray
+    len_b: np.ndarray
+    sig: np.ndarray  # per text, see _signatures
 
     @classmethod
     def empty(cls, corpus: _Corpus, floor: float) -> "_Index":
         low = floor - _MARGIN  # rouge_score's float F may exceed 2*LCS/(m+n) by a few ulps
-        prefix = _prefix_lengths(low, corpus.max_len)
-        room = _index_capacity(prefix, corpus.sfeat, corpus.off, corpus.n_features)
-        post_start = np.zeros(corpus.n_features, dtype=np.int64)
-        np.cumsum(room[:-1], out=post_start[1:])
-        size = int(room.sum())
-        return cls(low, prefix, np.empty(3 * size, dtype=np.int32), post_start,
-                   np.zeros(corpus.n_features, dtype=np.int64))
+        long_prefix, short_prefix = _prefix_lengths(low, corpus.max_len)
+        room_a, room_b = _index_capacity(long_prefix, short_prefix, corpus.sfeat, corpus.off, corpus.n_features)
+        sig = _signatures(corpus.sfeat, corpus.off)
+        parts = []
+        for room in (room_a, room_b):
+            start = np.zeros(corpus.n_features, dtype=np.int64)
+            np.cumsum(room[:-1], out=start[1:])
+            parts += [np.empty(3 * int(room.sum()), dtype=np.int32), start, np.zeros(corpus.n_features, dtype=np.int64)]
+        return cls(low, long_prefix, short_prefix, *parts, sig)
+
+    @property
+    def arrays(self) -> tuple:
+        return (self.long_prefix, self.short_prefix, self.post_a, self.start_a, self.len_a, self.post_b,
+                self.start_b, self.len_b, self.sig)
 
     def add(self, corpus: _Corpus, j: int) -> None:
-        _index_text(j, self.prefix, corpus.sfeat, corpus.off, self.post, self.post_start, self.post_len)
+        _index_text(j, self.arrays, corpus.sfeat, corpus.off)
+
+    @property
+    def postings(self) -> int:
+        return int(self.len_a.sum() + self.len_b.sum())
 
 
 def _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats) -> FilterResult:
@@ -638,6 +773,7 @@ def _greedy_walk(mode: str, instructions: Sequence[str], threshold: float, floor
     instructions, seeds, corpus = _prepare(instructions, seeds)
     n_texts = len(corpus.off) - 1
     index = _Index.empty(corpus, floor)
+    t_index = time.perf_counter()
     vocab_size = int(corpus.tok.max(initial=0)) + 1
     ws = _new_workspace(n_texts, vocab_size, corpus.max_len, corpus.max_distinct)
     keep = np.zeros(n_texts, dtype=np.bool_)
@@ -648,12 +784,13 @@ def _greedy_walk(mode: str, instructions: Sequence[str], threshold: float, floor
         index.add(corpus, j)
     for lo in range(corpus.n_seeds, n_texts, _CHUNK):
         hi = min(lo + _CHUNK, n_texts)
-        _greedy_chunk(lo, hi, threshold, index.low, index.prefix, corpus.tok, corpus.sfeat, corpus.off, index.post,
-                      index.post_start, index.post_len, keep, best, best_j, counters, *ws)
+        _greedy_chunk(lo, hi, threshold, index.low, index.arrays, corpus.tok, corpus.sfeat, corpus.off, keep, best,
+                      best_j, counters, *ws)
         if progress is not None:
             progress(hi - corpus.n_seeds, int(counters[2]))
     stats = {"lcs_computed": int(counters[0]), "candidate_pairs": int(counters[1]), "postings_read": int(counters[3]),
-             "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
+             "index_postings": index.postings, "encode_seconds": round(t_index - t0, 3),
+             "seconds": round(time.perf_counter() - t0, 3)}
     return _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats)
 
 
@@ -671,6 +808,7 @@ def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequen
     index = _Index.empty(corpus, floor)
     for j in range(n_texts):  # every text is compared with every other: index them all
         index.add(corpus, j)
+    t_index = time.perf_counter()
     vocab_size = int(corpus.tok.max(initial=0)) + 1
     best = np.zeros(n_texts, dtype=np.float64)
     best_j = np.full(n_texts, -1, dtype=np.int64)
@@ -680,16 +818,16 @@ def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequen
     kept = 0
     for lo in range(corpus.n_seeds, n_texts, chunk):
         hi = min(lo + chunk, n_texts)
-        _pairwise_chunk(lo, hi, n_threads, index.low, index.prefix, corpus.tok, corpus.sfeat, corpus.off, index.post,
-                        index.post_start, index.post_len, best, best_j, counters, vocab_size,
-                        corpus.max_len, corpus.max_distinct)
+        _pairwise_chunk(lo, hi, n_threads, index.low, index.arrays, corpus.tok, corpus.sfeat, corpus.off, best,
+                        best_j, counters, vocab_size, corpus.max_len, corpus.max_distinct)
         kept += int(np.count_nonzero(~(best[lo:hi] > threshold)))
         if progress is not None:
             progress(hi - corpus.n_seeds, kept)
     keep = ~(best > threshold)
     keep[: corpus.n_seeds] = False
     stats = {"lcs_computed": int(counters[:, 0].sum()), "candidate_pairs": int(counters[:, 1].sum()),
-             "postings_read": int(counters[:, 2].sum()), "index_postings": int(index.post_len.sum()), "seconds": round(time.perf_counter() - t0, 3)}
+             "postings_read": int(counters[:, 2].sum()), "index_postings": index.postings,
+             "encode_seconds": round(t_index - t0, 3), "seconds": round(time.perf_counter() - t0, 3)}
     return _result("pairwise", threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats)
 
 
