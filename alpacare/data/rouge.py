@@ -279,10 +279,27 @@ def _required_overlap(low, m, n):
     return max(1, int(math.ceil(low * (m + n) / 2.0)))
 
 
+def _length_classes(max_len: int) -> np.ndarray:
+    """cls[n]: posting lists are split by the length of the indexed text, one class per length up
+    to 16, then classes 10% wide, so that a probe reads only the lengths its position allows."""
+    n = np.arange(max_len + 1)
+    geometric = 17 + np.floor(np.log(np.maximum(n, 16) / 16.0) / np.log(1.1)).astype(np.int64)
+    return np.where(n <= 16, n, geometric).astype(np.int64)
+
+
+@njit(cache=True)
+def _longest_partner(low, m, i, max_len):
+    """Longest partner length n whose required overlap r(m, n) fits in the m - i features of q from
+    position i on (the most a text first met there can share); one more than that, for rounding."""
+    if low <= 0.0:
+        return max_len
+    return max(0, min(max_len, int(2.0 * (m - i) / low) - m + 1))
+
+
 @njit(cache=True)
 def _prefix_lengths(low, max_len):
-    """(long[m], short[m]): how many of a length-m text's rarest features find its partners of any
-    length, and its partners at least as long.
+    """(long[m], short[m], shortest[m]): how many of a length-m text's rarest features find its
+    partners of any length, and its partners at least as long; the shortest partner it can have.
 
     A partner of length n needs overlap o >= r(m, n) = _required_overlap(low, m, n), and r <= min(m, n)
     (the overlap cannot exceed either text). Two texts with overlap o hold their rarest shared
@@ -293,6 +310,7 @@ def _prefix_lengths(low, max_len):
     """
     prefix = np.zeros(max_len + 1, dtype=np.int64)
     short = np.zeros(max_len + 1, dtype=np.int64)
+    shortest = np.zeros(max_len + 1, dtype=np.int64)
     for m in range(1, max_len + 1):
         lo, hi = 1, m  # r(m, m) <= m since low <= 1
         while lo < hi:
@@ -303,7 +321,8 @@ def _prefix_lengths(low, max_len):
                 lo = mid + 1
         prefix[m] = m - _required_overlap(low, m, lo) + 1
         short[m] = m - _required_overlap(low, m, m) + 1
-    return prefix, short
+        shortest[m] = lo
+    return prefix, short, shortest
 
 
 # --------------------------------------------------------------------------- LCS kernels
@@ -421,29 +440,39 @@ def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
 
 
 @njit(cache=True)
-def _probe(f, i, m, low, post, post_start, post_len, cnt, touched, n_touched):
-    """Texts of feature f's posting list into ``touched``, counting their hits in ``cnt`` (query q
-    holds f at position i of its rarity order). When a shared feature is found, every rarer shared
-    one has been found before it (it lies earlier in both texts, so in both probed ranges), so
-    hits so far + 1 + min(features left after it in q, in j) bounds the overlap (PPJoin's
-    positional filter). A text whose bound falls short of ``low`` is not a candidate (cnt -1:
-    ruled out for this query). Returns the new n_touched."""
+def _probe(f, i, m, low, c_lo, c_hi, part, cnt, touched, n_touched):
+    """Texts of feature f's posting lists in length classes c_lo..c_hi into ``touched``, counting
+    their hits in ``cnt`` (query q holds f at position i of its rarity order). When a shared feature
+    is found, every rarer shared one has been found before it (it lies earlier in both texts, so in
+    both probed ranges, and the class range only narrows as i grows), so hits so far + 1 +
+    min(features left after it in q, in j) bounds the overlap (PPJoin's positional filter). A text
+    whose bound falls short of ``low`` is not a candidate (cnt -1: ruled out for this query).
+    Returns (the new n_touched, postings read)."""
+    post, fgroup, gcls, gstart, glen = part
     left_q = m - 1 - i
-    for k in range(3 * post_start[f], 3 * (post_start[f] + post_len[f]), 3):
-        j = post[k]
-        c = cnt[j]
-        if c < 0:
+    n_read = 0
+    for g in range(fgroup[f], fgroup[f + 1]):
+        c = gcls[g]
+        if c < c_lo:
             continue
-        n = post[k + 2]
-        if c + 1 + min(left_q, n - 1 - post[k + 1]) < _required_overlap(low, m, n):
-            if c > 0:
-                cnt[j] = -1
-            continue
-        if c == 0:
-            touched[n_touched] = j
-            n_touched += 1
-        cnt[j] = c + 1
-    return n_touched
+        if c > c_hi:
+            break
+        n_read += glen[g]
+        for k in range(3 * gstart[g], 3 * (gstart[g] + glen[g]), 3):
+            j = post[k]
+            hits = cnt[j]
+            if hits < 0:
+                continue
+            n = post[k + 2]
+            if hits + 1 + min(left_q, n - 1 - post[k + 1]) < _required_overlap(low, m, n):
+                if hits > 0:
+                    cnt[j] = -1
+                continue
+            if hits == 0:
+                touched[n_touched] = j
+                n_touched += 1
+            cnt[j] = hits + 1
+    return n_touched, n_read
 
 
 @njit(cache=True)
@@ -488,28 +517,32 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
     >= ``low`` + _MARGIN; below that, the best among the candidates scored (a lower bound).
 
     The index is in two parts (see _Index): A holds each text's short prefix, B the rest of its
-    long prefix. A pair with n <= m shares a feature in q's long prefix and j's short one; a pair
-    with n > m, one in q's short prefix and j's long one. So q probes A with its long prefix and B
-    with its short one, rarest feature first.
+    long prefix. A pair with n <= m has its rarest shared feature in q's long prefix and j's short
+    one; a pair with n > m, in q's short prefix and j's long one. So q probes A with its long prefix
+    and B with its short one, rarest feature first.
 
     Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates,
     postings read).
     """
-    long_prefix, short_prefix, post_a, start_a, len_a, post_b, start_b, len_b, sig = ix
+    long_prefix, short_prefix, shortest, cls, part_a, part_b, sig = ix
     q0, q1 = off[q], off[q + 1]
     m = q1 - q0
     if m == 0:
         return 0.0, -1, 0, 0, 0
-    # 1. Probe.
+    # 1. Probe, within the partner lengths each position allows: from q's shortest possible partner
+    #    (A) or the lengths above m (B: shorter partners are all found through A) up to the longest
+    #    one that position i leaves room for.
     n_touched = 0
     n_read = 0
+    max_len = len(cls) - 1
     for i in range(long_prefix[m]):
         f = sfeat[q0 + i]
-        n_touched = _probe(f, i, m, low, post_a, start_a, len_a, cnt, touched, n_touched)
-        n_read += len_a[f]
+        c_hi = cls[_longest_partner(low, m, i, max_len)]
+        n_touched, r = _probe(f, i, m, low, cls[shortest[m]], c_hi, part_a, cnt, touched, n_touched)
+        n_read += r
         if i < short_prefix[m]:
-            n_touched = _probe(f, i, m, low, post_b, start_b, len_b, cnt, touched, n_touched)
-            n_read += len_b[f]
+            n_touched, r = _probe(f, i, m, low, cls[min(m + 1, max_len)], c_hi, part_b, cnt, touched, n_touched)
+            n_read += r
     if skip >= 0 and cnt[skip] != 0:  # the query itself, when it is in the index
         cnt[skip] = 0
         for t in range(n_touched):
@@ -596,42 +629,43 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
 
 @njit(cache=True)
 def _index_text(j, ix, sfeat, off):
-    """Text j into the index: its short prefix into part A, the rest of its long prefix into B;
-    (j, position of the feature in j's rarity order, j's length) per posting, three int32 in a row
-    so that a probe reads one posting in one place."""
-    long_prefix, short_prefix, post_a, start_a, len_a, post_b, start_b, len_b, sig = ix
+    """Text j into the index: its short prefix into part A, the rest of its long prefix into B, in
+    the posting list of (feature, j's length class); (j, position of the feature in j's rarity
+    order, j's length) per posting, three int32 in a row so that a probe reads one in one place."""
+    long_prefix, short_prefix, shortest, cls, part_a, part_b, sig = ix
     j0 = off[j]
     n = off[j + 1] - j0
+    c = cls[n]
     for i in range(long_prefix[n]):
         f = sfeat[j0 + i]
-        if i < short_prefix[n]:
-            k = 3 * (start_a[f] + len_a[f])
-            len_a[f] += 1
-            post = post_a
-        else:
-            k = 3 * (start_b[f] + len_b[f])
-            len_b[f] += 1
-            post = post_b
+        post, fgroup, gcls, gstart, glen = part_a if i < short_prefix[n] else part_b
+        g = fgroup[f]
+        while gcls[g] != c:
+            g += 1
+        k = 3 * (gstart[g] + glen[g])
+        glen[g] += 1
         post[k] = j
         post[k + 1] = i
         post[k + 2] = n
 
 
 @njit(cache=True)
-def _index_capacity(long_prefix, short_prefix, sfeat, off, n_features):
-    """Per feature, how many texts hold it in their short prefix (A) and in the rest of their
-    long prefix (B): the room its posting lists may need."""
-    room_a = np.zeros(n_features, dtype=np.int64)
-    room_b = np.zeros(n_features, dtype=np.int64)
+def _posting_keys(long_prefix, short_prefix, cls, n_classes, sfeat, off, part):
+    """feature * n_classes + length class of every posting that part A (0) or B (1) may receive."""
+    total = 0
+    for j in range(len(off) - 1):
+        n = off[j + 1] - off[j]
+        total += short_prefix[n] if part == 0 else long_prefix[n] - short_prefix[n]
+    keys = np.empty(total, dtype=np.int64)
+    k = 0
     for j in range(len(off) - 1):
         j0 = off[j]
         n = off[j + 1] - j0
-        for i in range(long_prefix[n]):
-            if i < short_prefix[n]:
-                room_a[sfeat[j0 + i]] += 1
-            else:
-                room_b[sfeat[j0 + i]] += 1
-    return room_a, room_b
+        lo, hi = (0, short_prefix[n]) if part == 0 else (short_prefix[n], long_prefix[n])
+        for i in range(lo, hi):
+            keys[k] = np.int64(sfeat[j0 + i]) * n_classes + cls[n]
+            k += 1
+    return keys
 
 
 @njit(cache=True)
@@ -653,11 +687,13 @@ def _greedy_chunk(lo, hi, threshold, low, ix, tok, sfeat, off, keep, best, best_
 
 
 @njit(cache=True, parallel=True)
-def _pairwise_chunk(lo, hi, n_threads, low, ix, tok, sfeat, off, best, best_j, counters, vocab_size, max_len,
-                    max_distinct):
-    """Each text lo..hi-1 against the full (static) index, in parallel threads."""
+def _pairwise_chunk(lo, hi, n_threads, low, long_prefix, short_prefix, shortest, cls, a0, a1, a2, a3, a4, b0, b1, b2, b3,
+                    b4, sig, tok, sfeat, off, best, best_j, counters, vocab_size, max_len, max_distinct):
+    """Each text lo..hi-1 against the full (static) index, in parallel threads. The index comes as
+    flat arrays: numba's parallel loops take no tuples."""
     n_texts = len(off) - 1
     for t in prange(n_threads):
+        ix = (long_prefix, short_prefix, shortest, cls, (a0, a1, a2, a3, a4), (b0, b1, b2, b3, b4), sig)
         cnt, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len, max_distinct)
         for q in range(lo + t, hi, n_threads):
             s, j, n_lcs, n_cand, n_read = _best_match(q, low, ix, tok, sfeat, off, q,
@@ -690,46 +726,49 @@ def _check_floor(floor: Optional[float], threshold: float) -> float:
 
 @dataclass
 class _Index:
-    """Inverted index feature -> (text, position of the feature in the text's rarity order, text
-    length), over the prefixes that a floor allows, in two parts: A holds each text's short prefix
-    (enough for partners at least as long), B the rest of its long prefix (for longer partners).
-    Posting lists have room for every text and fill as texts join."""
+    """Inverted index (feature, length class) -> (text, position of the feature in the text's rarity
+    order, text length), over the prefixes that a floor allows, in two parts: A holds each text's
+    short prefix (enough for partners at least as long), B the rest of its long prefix (for longer
+    partners). Each part: postings, and per feature its lists (groups) by length class, ascending.
+    The lists have room for every text and fill as texts join."""
 
     low: float  # pairs whose 2*overlap/(m+n) is below this cannot score >= the floor
     long_prefix: np.ndarray  # [length] -> features probed/indexed for partners of any length
     short_prefix: np.ndarray  # [length] -> features enough for partners at least as long
-    post_a: np.ndarray
-    start_a: np.ndarray
-    len_a: np.ndarray
-    post_b: np.ndarray
-    start_b: np.ndarray
-    len_b: np.ndarray
+    shortest: np.ndarray  # [length] -> shortest possible partner
+    cls: np.ndarray  # [length] -> length class
+    part_a: tuple  # (postings, first group per feature, class / start / fill per group)
+    part_b: tuple
     sig: np.ndarray  # per text, see _signatures
 
     @classmethod
     def empty(cls, corpus: _Corpus, floor: float) -> "_Index":
         low = floor - _MARGIN  # rouge_score's float F may exceed 2*LCS/(m+n) by a few ulps
-        long_prefix, short_prefix = _prefix_lengths(low, corpus.max_len)
-        room_a, room_b = _index_capacity(long_prefix, short_prefix, corpus.sfeat, corpus.off, corpus.n_features)
-        sig = _signatures(corpus.sfeat, corpus.off)
+        long_prefix, short_prefix, shortest = _prefix_lengths(low, corpus.max_len)
+        classes = _length_classes(corpus.max_len)
+        n_classes = int(classes[-1]) + 1
         parts = []
-        for room in (room_a, room_b):
-            start = np.zeros(corpus.n_features, dtype=np.int64)
-            np.cumsum(room[:-1], out=start[1:])
-            parts += [np.empty(3 * int(room.sum()), dtype=np.int32), start, np.zeros(corpus.n_features, dtype=np.int64)]
-        return cls(low, long_prefix, short_prefix, *parts, sig)
+        for part in (0, 1):
+            keys, room = np.unique(_posting_keys(long_prefix, short_prefix, classes, n_classes, corpus.sfeat,
+                                                 corpus.off, part), return_counts=True)
+            fgroup = np.searchsorted(keys // n_classes, np.arange(corpus.n_features + 1)).astype(np.int64)
+            gstart = np.zeros(len(keys), dtype=np.int64)
+            np.cumsum(room[:-1], out=gstart[1:])
+            parts.append((np.empty(3 * int(room.sum()), dtype=np.int32), fgroup, keys % n_classes, gstart,
+                          np.zeros(len(keys), dtype=np.int64)))
+        return cls(low, long_prefix, short_prefix, shortest, classes, parts[0], parts[1],
+                   _signatures(corpus.sfeat, corpus.off))
 
     @property
     def arrays(self) -> tuple:
-        return (self.long_prefix, self.short_prefix, self.post_a, self.start_a, self.len_a, self.post_b,
-                self.start_b, self.len_b, self.sig)
+        return self.long_prefix, self.short_prefix, self.shortest, self.cls, self.part_a, self.part_b, self.sig
 
     def add(self, corpus: _Corpus, j: int) -> None:
         _index_text(j, self.arrays, corpus.sfeat, corpus.off)
 
     @property
     def postings(self) -> int:
-        return int(self.len_a.sum() + self.len_b.sum())
+        return int(self.part_a[4].sum() + self.part_b[4].sum())
 
 
 def _result(mode, threshold, floor, keep, best, best_j, corpus, instructions, seeds, stats) -> FilterResult:
@@ -818,8 +857,9 @@ def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequen
     kept = 0
     for lo in range(corpus.n_seeds, n_texts, chunk):
         hi = min(lo + chunk, n_texts)
-        _pairwise_chunk(lo, hi, n_threads, index.low, index.arrays, corpus.tok, corpus.sfeat, corpus.off, best,
-                        best_j, counters, vocab_size, corpus.max_len, corpus.max_distinct)
+        _pairwise_chunk(lo, hi, n_threads, index.low, index.long_prefix, index.short_prefix, index.shortest,
+                        index.cls, *index.part_a, *index.part_b, index.sig, corpus.tok, corpus.sfeat, corpus.off,
+                        best, best_j, counters, vocab_size, corpus.max_len, corpus.max_distinct)
         kept += int(np.count_nonzero(~(best[lo:hi] > threshold)))
         if progress is not None:
             progress(hi - corpus.n_seeds, kept)
