@@ -440,13 +440,14 @@ def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
 
 
 @njit(cache=True)
-def _probe(f, i, m, low, c_lo, c_hi, part, cnt, touched, n_touched):
+def _probe(q, f, i, m, low, c_lo, c_hi, part, sig, cnt, touched, n_touched):
     """Texts of feature f's posting lists in length classes c_lo..c_hi into ``touched``, counting
     their hits in ``cnt`` (query q holds f at position i of its rarity order). When a shared feature
     is found, every rarer shared one has been found before it (it lies earlier in both texts, so in
     both probed ranges, and the class range only narrows as i grows), so hits so far + 1 +
     min(features left after it in q, in j) bounds the overlap (PPJoin's positional filter). A text
-    whose bound falls short of ``low`` is not a candidate (cnt -1: ruled out for this query).
+    whose bound falls short of ``low`` is not a candidate (cnt -1: ruled out for this query), nor is
+    one whose signatures (see _signatures) rule it out when first met.
     Returns (the new n_touched, postings read)."""
     post, fgroup, gcls, gstart, glen = part
     left_q = m - 1 - i
@@ -464,11 +465,14 @@ def _probe(f, i, m, low, c_lo, c_hi, part, cnt, touched, n_touched):
             if hits < 0:
                 continue
             n = post[k + 2]
-            if hits + 1 + min(left_q, n - 1 - post[k + 1]) < _required_overlap(low, m, n):
+            need = _required_overlap(low, m, n)
+            if hits + 1 + min(left_q, n - 1 - post[k + 1]) < need:
                 if hits > 0:
                     cnt[j] = -1
                 continue
             if hits == 0:
+                if _signature_bound(sig, q, j, m) < need or _signature_bound(sig, j, q, n) < need:
+                    continue
                 touched[n_touched] = j
                 n_touched += 1
             cnt[j] = hits + 1
@@ -538,10 +542,11 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
     for i in range(long_prefix[m]):
         f = sfeat[q0 + i]
         c_hi = cls[_longest_partner(low, m, i, max_len)]
-        n_touched, r = _probe(f, i, m, low, cls[shortest[m]], c_hi, part_a, cnt, touched, n_touched)
+        n_touched, r = _probe(q, f, i, m, low, cls[shortest[m]], c_hi, part_a, sig, cnt, touched, n_touched)
         n_read += r
         if i < short_prefix[m]:
-            n_touched, r = _probe(f, i, m, low, cls[min(m + 1, max_len)], c_hi, part_b, cnt, touched, n_touched)
+            n_touched, r = _probe(q, f, i, m, low, cls[min(m + 1, max_len)], c_hi, part_b, sig, cnt, touched,
+                                  n_touched)
             n_read += r
     if skip >= 0 and cnt[skip] != 0:  # the query itself, when it is in the index
         cnt[skip] = 0
@@ -551,8 +556,8 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
                 n_touched -= 1
                 break
     # 2. Exact bag overlap of each candidate: the count of hits when both texts were probed whole
-    #    (floor 0), else a merge of the two sorted feature lists unless the signatures already rule
-    #    the candidate out. Candidates whose overlap cannot reach ``low`` go; cnt[j] becomes the overlap.
+    #    (floor 0), else a merge of the two sorted feature lists. Candidates whose overlap cannot
+    #    reach ``low`` go; cnt[j] becomes the overlap.
     whole_q = short_prefix[m] == m
     kept = 0
     n_candidates = 0
@@ -566,8 +571,6 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
         need = _required_overlap(low, m, n)
         if whole_q and short_prefix[n] == n:
             o = cnt[j]
-        elif _signature_bound(sig, q, j, m) < need or _signature_bound(sig, j, q, n) < need:
-            o = 0
         else:
             o = _overlap(sfeat, q0, q1, off[j], off[j + 1])
         if o < need:
