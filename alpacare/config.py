@@ -160,8 +160,8 @@ class DedupConfig:
     # a smaller one is a lower bound, not searched for (alpacare/data/rouge.py: the index skips pairs
     # that cannot reach it). Keep/drop decisions and dropped scores are exact at any value in
     # [0, threshold]. None (chosen, not from a paper): 0.0, every maximum exact, for inputs of up to
-    # 20,000 instructions (seconds: the self-instruct histogram as before); the threshold above that,
-    # where exact maxima below it cost a full scan (quadratic: minutes at 52k, hours at 500k).
+    # 10,000 instructions (a few seconds: the self-instruct histogram as before); the threshold above
+    # that, where exact maxima below it cost a full scan (quadratic: ~15 s at 52k, ~25 min at 520k).
     similarity_floor: Optional[float] = None
     # Test items no training instruction may contain (alpacare/evaluation/test_items.py): "all" = every
     # free-form test set and benchmark whose data is on this machine (the shipped smoke suite always;

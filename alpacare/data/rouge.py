@@ -459,6 +459,14 @@ def _probe(q, f, i, m, low, c_lo, c_hi, part, sig, cnt, touched, n_touched):
         if c > c_hi:
             break
         n_read += glen[g]
+        if low <= 0.0:  # floor 0: every text sharing a feature is a candidate, no bound to check
+            for k in range(3 * gstart[g], 3 * (gstart[g] + glen[g]), 3):
+                j = post[k]
+                if cnt[j] == 0:
+                    touched[n_touched] = j
+                    n_touched += 1
+                cnt[j] += 1
+            continue
         for k in range(3 * gstart[g], 3 * (gstart[g] + glen[g]), 3):
             j = post[k]
             hits = cnt[j]

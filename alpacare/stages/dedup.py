@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 FILTERS = {"greedy": greedy_filter, "pairwise": pairwise_filter}
 # dedup.similarity_floor=null: every maximum exact up to this many instructions (alpacare/config.py).
-EXACT_SIMILARITY_UP_TO = 20_000
+EXACT_SIMILARITY_UP_TO = 10_000
 # Seconds between progress lines in the log (the terminal bar updates as it goes).
 PROGRESS_LOG_EVERY_S = 30.0
 PROGRESS_FORMAT = "{n_fmt}/{total_fmt} instructions ({percentage:.0f}%){postfix}, {rate_fmt}, ETA {remaining}"
