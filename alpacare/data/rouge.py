@@ -441,13 +441,15 @@ def _new_workspace(n_texts, vocab_size, max_len, max_distinct):
 
 @njit(cache=True)
 def _probe(q, f, i, m, low, c_lo, c_hi, part, sig, cnt, touched, n_touched):
-    """Texts of feature f's posting lists in length classes c_lo..c_hi into ``touched``, counting
-    their hits in ``cnt`` (query q holds f at position i of its rarity order). When a shared feature
-    is found, every rarer shared one has been found before it (it lies earlier in both texts, so in
-    both probed ranges, and the class range only narrows as i grows), so hits so far + 1 +
-    min(features left after it in q, in j) bounds the overlap (PPJoin's positional filter). A text
-    whose bound falls short of ``low`` is not a candidate (cnt -1: ruled out for this query), nor is
-    one whose signatures (see _signatures) rule it out when first met.
+    """Texts of feature f's posting lists in length classes c_lo..c_hi into ``touched`` (query q
+    holds f at position i of its rarity order; cnt[j]: 1 = a candidate, -1 = ruled out, 0 = not met).
+
+    If f is the rarest feature q and j share, every shared feature lies at or after it in both, so
+    1 + min(features left after it in q, in j) bounds their overlap (PPJoin's positional filter);
+    a text whose bound falls short of ``low`` is skipped without touching its counter. That is safe:
+    a pair that can reach ``low`` has its rarest shared feature in both probed ranges (the class
+    range only narrows as i grows), is met there first and passes. A text that passes is then
+    checked once against its signature bound (see _signatures).
     Returns (the new n_touched, postings read)."""
     post, fgroup, gcls, gstart, glen = part
     left_q = m - 1 - i
@@ -459,7 +461,7 @@ def _probe(q, f, i, m, low, c_lo, c_hi, part, sig, cnt, touched, n_touched):
         if c > c_hi:
             break
         n_read += glen[g]
-        if low <= 0.0:  # floor 0: every text sharing a feature is a candidate, no bound to check
+        if low <= 0.0:  # floor 0: every text sharing a feature is a candidate, hits counted
             for k in range(3 * gstart[g], 3 * (gstart[g] + glen[g]), 3):
                 j = post[k]
                 if cnt[j] == 0:
@@ -468,22 +470,19 @@ def _probe(q, f, i, m, low, c_lo, c_hi, part, sig, cnt, touched, n_touched):
                 cnt[j] += 1
             continue
         for k in range(3 * gstart[g], 3 * (gstart[g] + glen[g]), 3):
-            j = post[k]
-            hits = cnt[j]
-            if hits < 0:
-                continue
             n = post[k + 2]
             need = _required_overlap(low, m, n)
-            if hits + 1 + min(left_q, n - 1 - post[k + 1]) < need:
-                if hits > 0:
-                    cnt[j] = -1
+            if 1 + min(left_q, n - 1 - post[k + 1]) < need:
                 continue
-            if hits == 0:
-                if _signature_bound(sig, q, j, m) < need or _signature_bound(sig, j, q, n) < need:
-                    continue
-                touched[n_touched] = j
-                n_touched += 1
-            cnt[j] = hits + 1
+            j = post[k]
+            if cnt[j] != 0:
+                continue
+            touched[n_touched] = j
+            n_touched += 1
+            if _signature_bound(sig, q, j, m) < need or _signature_bound(sig, j, q, n) < need:
+                cnt[j] = -1
+            else:
+                cnt[j] = 1
     return n_touched, n_read
 
 
@@ -563,10 +562,9 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
                 touched[t] = touched[n_touched - 1]
                 n_touched -= 1
                 break
-    # 2. Exact bag overlap of each candidate: the count of hits when both texts were probed whole
-    #    (floor 0), else a merge of the two sorted feature lists. Candidates whose overlap cannot
-    #    reach ``low`` go; cnt[j] becomes the overlap.
-    whole_q = short_prefix[m] == m
+    # 2. Exact bag overlap of each candidate: at floor 0 (both texts probed whole) the count of hits,
+    #    else a merge of the two sorted feature lists. Candidates whose overlap cannot reach ``low``
+    #    go; cnt[j] becomes the overlap.
     kept = 0
     n_candidates = 0
     for t in range(n_touched):
@@ -577,7 +575,7 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
         n_candidates += 1
         n = off[j + 1] - off[j]
         need = _required_overlap(low, m, n)
-        if whole_q and short_prefix[n] == n:
+        if low <= 0.0:
             o = cnt[j]
         else:
             o = _overlap(sfeat, q0, q1, off[j], off[j + 1])
