@@ -452,11 +452,9 @@ def _first_group(gkey, lo, hi, key):
 
 
 @njit(cache=True)
-def _probe(q, f, i, m, low, c_lo, c_hi, cls_lo, cls_hi, part, sig, cnt, touched, n_touched):
+def _probe(q, f, i, m, low, c_lo, c_hi, n_classes, part, sig, cnt, touched, n_touched):
     """Texts of feature f's posting lists in length classes c_lo..c_hi into ``touched`` (query q
     holds f at position i of its rarity order; cnt[j]: 1 = a candidate, -1 = ruled out, 0 = not met).
-    Lists are split by the text's length class and by the class of the number of its features from
-    f on (cls_lo/cls_hi: the least and greatest length of each class).
 
     If f is the rarest feature q and j share, every shared feature lies at or after it in both, so
     1 + min(features left after it in q, in j) bounds their overlap (PPJoin's positional filter);
@@ -465,21 +463,17 @@ def _probe(q, f, i, m, low, c_lo, c_hi, cls_lo, cls_hi, part, sig, cnt, touched,
     range only narrows as i grows), is met there first and passes. A text that passes is then
     checked once against its signature bound (see _signatures).
     Returns (the new n_touched, postings read)."""
-    post, fgroup, gkey, gstart, glen = part
+    post, fgroup, gkey, gstart, glen, fill = part
     left_q = m - 1 - i
     n_read = 0
-    nc = len(cls_lo)
+    if fill[f] == 0:  # nothing indexed under f yet: no need to find its classes
+        return n_touched, 0
     end = fgroup[f + 1]
-    g = _first_group(gkey, fgroup[f], end, (np.int64(f) * nc + c_lo) * nc)
-    run_c = -1
-    while g < end:
-        c = (gkey[g] // nc) % nc
-        if c > c_hi:
-            break
-        if c != run_c:  # a new length class: skip to its first group whose texts have enough
-            run_c = c   # features left from f on for the overlap the class's shortest length needs
-            r_min = np.searchsorted(cls_hi, _required_overlap(low, m, cls_lo[c])) if low > 0.0 else 0
-            g = _first_group(gkey, g, end, (np.int64(f) * nc + c) * nc + r_min)
+    g = _first_group(gkey, fgroup[f], end, np.int64(f) * n_classes + c_lo)
+    c_stop = np.int64(f) * n_classes + c_hi
+    while g < end and gkey[g] <= c_stop:
+        if glen[g] == 0:
+            g += 1
             continue
         k0, k1 = 3 * gstart[g], 3 * (gstart[g] + glen[g])
         n_read += glen[g]
@@ -558,7 +552,7 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
     Returns (best score, index of the earliest text achieving it or -1, LCS runs, candidates,
     postings read).
     """
-    long_prefix, short_prefix, shortest, cls, cls_lo, cls_hi, part_a, part_b, sig = ix
+    long_prefix, short_prefix, shortest, cls, part_a, part_b, sig = ix
     q0, q1 = off[q], off[q + 1]
     m = q1 - q0
     if m == 0:
@@ -569,14 +563,15 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
     n_touched = 0
     n_read = 0
     max_len = len(cls) - 1
+    n_classes = cls[max_len] + 1
     for i in range(long_prefix[m]):
         f = sfeat[q0 + i]
         c_hi = cls[_longest_partner(low, m, i, max_len)]
-        n_touched, r = _probe(q, f, i, m, low, cls[shortest[m]], c_hi, cls_lo, cls_hi, part_a, sig, cnt, touched,
+        n_touched, r = _probe(q, f, i, m, low, cls[shortest[m]], c_hi, n_classes, part_a, sig, cnt, touched,
                               n_touched)
         n_read += r
         if i < short_prefix[m]:
-            n_touched, r = _probe(q, f, i, m, low, cls[min(m + 1, max_len)], c_hi, cls_lo, cls_hi, part_b, sig, cnt,
+            n_touched, r = _probe(q, f, i, m, low, cls[min(m + 1, max_len)], c_hi, n_classes, part_b, sig, cnt,
                                   touched, n_touched)
             n_read += r
     if skip >= 0 and cnt[skip] != 0:  # the query itself, when it is in the index
@@ -663,19 +658,20 @@ def _best_match(q, low, ix, tok, sfeat, off, skip, cnt, touched, order, bucket, 
 @njit(cache=True)
 def _index_text(j, ix, sfeat, off):
     """Text j into the index: its short prefix into part A, the rest of its long prefix into B, in
-    the posting list of (feature, j's length class, class of j's features from it on); (j, position of the feature in j's rarity
+    the posting list of (feature, j's length class); (j, position of the feature in j's rarity
     order, j's length) per posting, three int32 in a row so that a probe reads one in one place."""
-    long_prefix, short_prefix, shortest, cls, cls_lo, cls_hi, part_a, part_b, sig = ix
-    nc = len(cls_lo)
+    long_prefix, short_prefix, shortest, cls, part_a, part_b, sig = ix
+    nc = cls[len(cls) - 1] + 1
     j0 = off[j]
     n = off[j + 1] - j0
     for i in range(long_prefix[n]):
         f = sfeat[j0 + i]
-        post, fgroup, gkey, gstart, glen = part_a if i < short_prefix[n] else part_b
-        key = (np.int64(f) * nc + cls[n]) * nc + cls[n - i]
+        post, fgroup, gkey, gstart, glen, fill = part_a if i < short_prefix[n] else part_b
+        key = np.int64(f) * nc + cls[n]
         g = fgroup[f] + np.searchsorted(gkey[fgroup[f]:fgroup[f + 1]], key)
         k = 3 * (gstart[g] + glen[g])
         glen[g] += 1
+        fill[f] += 1
         post[k] = j
         post[k + 1] = i
         post[k + 2] = n
@@ -683,8 +679,7 @@ def _index_text(j, ix, sfeat, off):
 
 @njit(cache=True)
 def _posting_keys(long_prefix, short_prefix, cls, n_classes, sfeat, off, part):
-    """(feature, length class, class of the features left from it on) as one int64, for every
-    posting that part A (0) or B (1) may receive."""
+    """(feature, length class) as one int64, for every posting that part A (0) or B (1) may receive."""
     total = 0
     for j in range(len(off) - 1):
         n = off[j + 1] - off[j]
@@ -696,7 +691,7 @@ def _posting_keys(long_prefix, short_prefix, cls, n_classes, sfeat, off, part):
         n = off[j + 1] - j0
         lo, hi = (0, short_prefix[n]) if part == 0 else (short_prefix[n], long_prefix[n])
         for i in range(lo, hi):
-            keys[k] = (np.int64(sfeat[j0 + i]) * n_classes + cls[n]) * n_classes + cls[n - i]
+            keys[k] = np.int64(sfeat[j0 + i]) * n_classes + cls[n]
             k += 1
     return keys
 
@@ -720,14 +715,14 @@ def _greedy_chunk(lo, hi, threshold, low, ix, tok, sfeat, off, keep, best, best_
 
 
 @njit(cache=True, parallel=True)
-def _pairwise_chunk(lo, hi, n_threads, low, long_prefix, short_prefix, shortest, cls, cls_lo, cls_hi, a0, a1, a2, a3, a4,
-                    b0, b1, b2, b3, b4, sig, tok, sfeat, off, best, best_j, counters, vocab_size, max_len,
+def _pairwise_chunk(lo, hi, n_threads, low, long_prefix, short_prefix, shortest, cls, a0, a1, a2, a3, a4,
+                    a5, b0, b1, b2, b3, b4, b5, sig, tok, sfeat, off, best, best_j, counters, vocab_size, max_len,
                     max_distinct):
     """Each text lo..hi-1 against the full (static) index, in parallel threads. The index comes as
     flat arrays: numba's parallel loops take no tuples."""
     n_texts = len(off) - 1
     for t in prange(n_threads):
-        ix = (long_prefix, short_prefix, shortest, cls, cls_lo, cls_hi, (a0, a1, a2, a3, a4), (b0, b1, b2, b3, b4), sig)
+        ix = (long_prefix, short_prefix, shortest, cls, (a0, a1, a2, a3, a4, a5), (b0, b1, b2, b3, b4, b5), sig)
         cnt, touched, order, bucket, slot, pm, vbuf = _new_workspace(n_texts, vocab_size, max_len, max_distinct)
         for q in range(lo + t, hi, n_threads):
             s, j, n_lcs, n_cand, n_read = _best_match(q, low, ix, tok, sfeat, off, q,
@@ -771,9 +766,7 @@ class _Index:
     short_prefix: np.ndarray  # [length] -> features enough for partners at least as long
     shortest: np.ndarray  # [length] -> shortest possible partner
     cls: np.ndarray  # [length] -> length class
-    cls_lo: np.ndarray  # [class] -> least length in it
-    cls_hi: np.ndarray  # [class] -> greatest length in it
-    part_a: tuple  # (postings, first group per feature, class / start / fill per group)
+    part_a: tuple  # (postings, first group per feature, key / start / fill per group, fill per feature)
     part_b: tuple
     sig: np.ndarray  # per text, see _signatures
 
@@ -783,26 +776,21 @@ class _Index:
         long_prefix, short_prefix, shortest = _prefix_lengths(low, corpus.max_len)
         classes = _length_classes(corpus.max_len)
         nc = int(classes[-1]) + 1
-        cls_lo = np.full(nc, corpus.max_len, dtype=np.int64)
-        cls_hi = np.zeros(nc, dtype=np.int64)
-        np.minimum.at(cls_lo, classes, np.arange(len(classes)))
-        np.maximum.at(cls_hi, classes, np.arange(len(classes)))
         parts = []
         for part in (0, 1):
             keys, room = np.unique(_posting_keys(long_prefix, short_prefix, classes, nc, corpus.sfeat, corpus.off, part),
                                    return_counts=True)
-            fgroup = np.searchsorted(keys // (nc * nc), np.arange(corpus.n_features + 1)).astype(np.int64)
+            fgroup = np.searchsorted(keys // nc, np.arange(corpus.n_features + 1)).astype(np.int64)
             gstart = np.zeros(len(keys), dtype=np.int64)
             np.cumsum(room[:-1], out=gstart[1:])
             parts.append((np.empty(3 * int(room.sum()), dtype=np.int32), fgroup, keys, gstart,
-                          np.zeros(len(keys), dtype=np.int64)))
-        return cls(low, long_prefix, short_prefix, shortest, classes, cls_lo, cls_hi, parts[0], parts[1],
+                          np.zeros(len(keys), dtype=np.int64), np.zeros(corpus.n_features, dtype=np.int64)))
+        return cls(low, long_prefix, short_prefix, shortest, classes, parts[0], parts[1],
                    _signatures(corpus.sfeat, corpus.off))
 
     @property
     def arrays(self) -> tuple:
-        return (self.long_prefix, self.short_prefix, self.shortest, self.cls, self.cls_lo, self.cls_hi, self.part_a,
-                self.part_b, self.sig)
+        return self.long_prefix, self.short_prefix, self.shortest, self.cls, self.part_a, self.part_b, self.sig
 
     def add(self, corpus: _Corpus, j: int) -> None:
         _index_text(j, self.arrays, corpus.sfeat, corpus.off)
@@ -899,7 +887,7 @@ def pairwise_filter(instructions: Sequence[str], threshold: float, seeds: Sequen
     for lo in range(corpus.n_seeds, n_texts, chunk):
         hi = min(lo + chunk, n_texts)
         _pairwise_chunk(lo, hi, n_threads, index.low, index.long_prefix, index.short_prefix, index.shortest,
-                        index.cls, index.cls_lo, index.cls_hi, *index.part_a, *index.part_b, index.sig, corpus.tok, corpus.sfeat, corpus.off,
+                        index.cls, *index.part_a, *index.part_b, index.sig, corpus.tok, corpus.sfeat, corpus.off,
                         best, best_j, counters, vocab_size, corpus.max_len, corpus.max_distinct)
         kept += int(np.count_nonzero(~(best[lo:hi] > threshold)))
         if progress is not None:
