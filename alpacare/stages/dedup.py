@@ -57,7 +57,7 @@ FILTERS = {"greedy": greedy_filter, "pairwise": pairwise_filter}
 # dedup.similarity_floor=null: every maximum exact up to this many instructions (alpacare/config.py).
 EXACT_SIMILARITY_UP_TO = 10_000
 # Seconds between progress lines in the log (the terminal bar updates as it goes).
-PROGRESS_LOG_EVERY_S = 30.0
+PROGRESS_LOG_EVERY_S = 10.0
 PROGRESS_FORMAT = "{n_fmt}/{total_fmt} instructions ({percentage:.0f}%){postfix}, {rate_fmt}, ETA {remaining}"
 BIN_WIDTH = 0.05
 BIN_EDGES = np.linspace(0.0, 1.0, int(round(1 / BIN_WIDTH)) + 1)
