@@ -220,6 +220,7 @@ def test_similarity_floor_changes_only_the_maxima_below_it(tmp_path):
         assert read_jsonl(exact / name) == read_jsonl(fast / name)
     stats = [json.loads((d / "stats.json").read_text("utf-8")) for d in (exact, fast)]
     assert [s["similarity_floor"] for s in stats] == [0.0, 0.7]
+    assert stats[0]["below_similarity_floor"] == 0 and stats[1]["below_similarity_floor"] == stats[1]["kept"]
     counts = [s["histogram"]["counts"] for s in stats]
     assert counts[0][14:] == counts[1][14:]  # bins from 0.7 up: exact in both
     assert stats[0]["candidate_pairs"] >= stats[1]["candidate_pairs"]

@@ -17,18 +17,25 @@ Algorithm
    ``overlap >= r(m, n) = ceil((f - 1e-9) * (m + n) / 2)`` (the 1e-9 covers rounding: the float
    F differs from the exact ratio by a few ulps, ~1e-16), and only if ``r(m, n) <= min(m, n)``,
    which bounds the partner's length. Pairs sharing no token score exactly 0.
-3. Prefix filter (AllPairs / PPJoin, Bayardo et al. 2007, Xiao et al. 2008). Let a(m) be the least
-   r(m, n) over the partner lengths n that can reach f. Two texts with overlap o >= a share a
-   feature among the first ``m - a(m) + 1`` features (in rarity order) of each: the rarest shared
-   feature has o - 1 shared ones after it in both. So only those prefixes go into the inverted
-   index (feature -> text, position), and a query probes only its own prefix: the long posting lists
-   of frequent words ("the#1", "a#1") are mostly never built or read.
-4. Candidate bound. For a text found through the index, the features shared but not found lie
-   after the last shared one found, in both texts (else both prefixes would hold it), and outside
-   one of the prefixes, so ``overlap <= found + min(m - 1 - i, n - 1 - j, (m - p_m) + (n - p_n))``
-   (i, j: positions of the last one found; p: prefix lengths). Candidates whose bound is below
-   r(m, n) are dropped without an LCS.
-5. Best-first exact maximum. The remaining candidates are bucket-sorted by their bound
+3. Prefix filter (AllPairs / PPJoin, Bayardo et al. 2007, Xiao et al. 2008). Two texts with
+   overlap o hold their rarest shared feature among the first ``|x| - o + 1`` features (in rarity
+   order) of each: o - 1 shared ones come after it in both. Over all partner lengths, o >= a(m), the
+   least admissible r(m, n), so the *long prefix* ``m - a(m) + 1`` finds every pair; over partners
+   at least as long (n >= m), o >= r(m, m), so the shorter *short prefix* ``m - r(m, m) + 1`` does.
+   The inverted index has two parts: A holds each text's short prefix, B the rest of its long
+   prefix; a query probes A with its long prefix and B with its short one (a pair with n <= m meets
+   in A, one with n > m in A or B through q's short prefix). Only prefixes are indexed or read: the
+   long posting lists of frequent words ("the#1", "a#1") are mostly never built or read.
+4. Filters before any LCS. Posting lists are split by the indexed text's length class (one class
+   per length up to 16, then 10% wide), and a query at prefix position i reads only the lengths it
+   can still reach: from its shortest admissible partner up to the longest n with
+   r(m, n) <= m - i. At a text's first posting, where it has met the rarest shared feature, the
+   overlap is at most ``1 + min(features left in q, features left in j)`` (PPJoin's positional
+   filter, from the position stored in the posting); then a 128-bit signature per text bounds it
+   (a feature whose bit is clear in the other's signature is not shared); the survivors get their
+   exact overlap by merging the two sorted feature lists, and only those whose overlap reaches
+   r(m, n) are candidates for the LCS.
+5. Best-first exact maximum. The candidates are bucket-sorted by their bound
    ``2*overlap/(m+n)`` (1024 buckets, O(n)) and their LCS is computed from the highest bound down,
    stopping as soon as the best score found beats every remaining bound (plus a 1e-9 margin).
    Every text scoring >= f is a candidate, so the maximum is exact wherever it is >= f, nearest
@@ -38,9 +45,10 @@ Algorithm
    by the same float expression as rouge_score (``2*p*r/(p+r)``), so with f <= threshold the
    decisions are exactly the reference's, a pair at exactly the threshold included.
    The filters' floor defaults to the threshold: decisions and the scores of dropped
-   instructions are exact and the search is sub-quadratic on real data. Floor 0 turns the prefix
-   filter off (every text sharing a token is a candidate): every maximum is exact, at a cost
-   quadratic in the number of instructions (``max_similarity_to`` against a few hundred seeds).
+   instructions are exact and few pairs are looked at. Floor 0 turns the filters off (every text
+   sharing a token is a candidate, its overlap counted through the index): every maximum is exact,
+   at a cost quadratic in the number of instructions (``max_similarity_to`` against a few hundred
+   seeds uses it; benchmarks/bench_dedup.py measures both).
 6. LCS length by Hyyro's bit-parallel algorithm in numba (one 64-bit word per 64 tokens of the
    query; tokens of the candidate absent from the query are skipped since they cannot change
    the bit vector).

@@ -28,10 +28,11 @@ filtered, each atomically, ``stats.json`` last (its presence means the stage com
 - ``dropped.jsonl``: dropped records plus ``nearest_instruction`` (the text that knocked
   each out), ``nearest_is_seed`` and ``rouge_l`` (their score).
 - ``similarity.png``: histogram of every instruction's max ROUGE-L with the threshold drawn,
-  as in the self-instruct paper's figure; maxima below ``similarity_floor`` (``dedup.similarity_floor``)
-  are lower bounds, and that range is shaded.
+  as in the self-instruct paper's figure; the instructions whose max is below ``similarity_floor``
+  (``dedup.similarity_floor``: not searched for) are one hatched bar over that range.
 - ``stats.json``: counts, kept ratio, settings, seconds, histogram counts in 0.05 bins (exact from
-  ``similarity_floor`` up), ``similarity_floor``, the filter's ``candidate_pairs`` and ``lcs_computed``;
+  ``similarity_floor`` up), ``similarity_floor`` and ``below_similarity_floor`` (how many maxima are
+  below it, as lower bounds), the filter's ``candidate_pairs`` and ``lcs_computed``;
   ``contaminated`` (removed as copies) and ``contamination`` (sources and their item counts, sources of
   ``all`` not on this machine, threshold, removed per source, timings).
 """
@@ -220,6 +221,8 @@ def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: 
         "lcs_computed": result.stats.get("lcs_computed"),
         "candidate_pairs": result.stats.get("candidate_pairs"),
         "similarity_floor": result.floor,
+        # Instructions whose max is below the floor (their histogram bins hold lower bounds).
+        "below_similarity_floor": int((result.max_similarity < result.floor).sum()),
         # A lower bound where similarity_floor > 0 (maxima below it are).
         "mean_max_similarity": round(float(np.mean(result.max_similarity)), 6) if total else 0.0,
         "histogram": {
@@ -235,12 +238,16 @@ def plot_similarity(path: Path, result: FilterResult) -> Path:
 
     keep = np.zeros(len(result.max_similarity), dtype=bool)
     keep[result.kept] = True
+    sims = result.max_similarity
+    # Maxima below the floor were not searched for: one bar over that range, not their lower bounds.
+    below = sims < result.floor
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.hist([result.max_similarity[keep], result.max_similarity[~keep]], bins=BIN_EDGES, stacked=True,
-            color=["#4c72b0", "#dd8452"], label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
+    ax.hist([sims[keep & ~below], sims[~keep]], bins=BIN_EDGES, stacked=True, color=["#4c72b0", "#dd8452"],
+            label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
+    if below.any():
+        ax.bar(0, below.sum() * BIN_WIDTH / result.floor, width=result.floor, align="edge", color="#4c72b0",
+               alpha=0.35, hatch="//", label=f"kept, max < {result.floor:g} (not searched): {below.sum()}")
     ax.axvline(result.threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {result.threshold:g}")
-    if result.floor > 0:
-        ax.axvspan(0, result.floor, color="0.85", zorder=0, label=f"below {result.floor:g}: lower bounds")
     against = "earlier kept instructions" if result.mode == "greedy" else "all other instructions"
     if len(result.seeds):
         against = "seeds + " + against
