@@ -12,10 +12,16 @@ over a ``multiprocessing.Pool`` of --workers processes. It is given two advantag
 released scripts: the Pool is created once (Alpaca and AlpaCare open one per instruction) and
 every text is tokenized once.
 
-Run from the repo root (a few minutes with the defaults)::
+Scale corpus (``make_scale_corpus``, sections 3 and 4): every real instruction, 10% edited copies of
+earlier ones, and Zipf filler (new instructions as long as real ones, words by a Zipf law over the
+real words by frequency and, past them, made-up words, so the vocabulary grows with n as in real
+text); ten times n is ten times the near-duplicates and filler, as in issue 28's measurements.
+
+Run from the repo root (about 10 minutes with the defaults on 2 cores)::
 
     python benchmarks/bench_dedup.py
-    python benchmarks/bench_dedup.py --ref-sizes 500,1000 --sizes 5000,52000   # quicker
+    python benchmarks/bench_dedup.py --ref-sizes "" --sizes "" --cli-sizes ""   # the scale table alone
+    python benchmarks/bench_dedup.py --scale-sizes 52000,520000,5000000       # + 5M (long)
     python benchmarks/bench_dedup.py --write-corpus corpus.jsonl --n 20000    # stage input file
 
 Sections printed:
@@ -26,6 +32,14 @@ Sections printed:
    (VmHWM from /proc/self/status of that process: interpreter, numba, corpus and filter
    together; ``ru_maxrss`` is not used because Linux carries it over from the parent across
    exec) and kept count.
+
+3. scale (greedy, no seeds, as issue 28 measured): the index at each --scale-sizes size and the old
+   scan (alpacare/data/rouge.py at --baseline-rev, loaded from git) at --baseline-size, on the same
+   corpus in the same run, each in a fresh process: filter seconds, instructions per second,
+   candidates and LCS runs per instruction, peak RSS, kept (asserted equal between old and new);
+   the ratios, and the issue's goals checked.
+4. the stage end to end through the CLI at each --cli-sizes size (stages=[dedup], no seeds, no
+   contamination check, logger=none): wall seconds, filter seconds and the progress lines it logged.
 
 ``reference_greedy`` / ``reference_pairwise`` are importable (tests/test_rouge.py uses them).
 """
@@ -185,6 +199,59 @@ def make_corpus(n: int, seed: int = 0, root: Optional[Path] = None) -> tuple[lis
     return seeds, out
 
 
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "de", "pa", "bu", "ge", "ho", "ji", "fe", "zo"]
+
+
+def _pseudo_word(rank: int) -> str:
+    """A made-up word for a Zipf rank beyond the real vocabulary (drug names, codes, rare terms)."""
+    out = []
+    while True:
+        rank, d = divmod(rank, len(_SYLLABLES))
+        out.append(_SYLLABLES[d])
+        if rank == 0:
+            return "".join(out)
+
+
+def make_scale_corpus(n: int, seed: int = 0, root: Optional[Path] = None,
+                      near_duplicate_share: float = 0.1, zipf_a: float = 1.15) -> tuple[list[str], list[str]]:
+    """(seed instructions, n instructions) for the scaling runs: every real instruction (a quarter of
+    the first ~4,000), ``near_duplicate_share`` edited copies of earlier ones (half of a recent one),
+    and Zipf filler for the rest: new distinct instructions as long as real ones (lengths drawn from
+    them), words drawn by a Zipf law (exponent ``zipf_a``) over the real words by frequency and, past
+    them, made-up words, so the vocabulary keeps growing with n as real text does (Heaps' law).
+    Ten times n means ten times the near-duplicates and the filler, the same real instructions."""
+    import numpy as np
+
+    root = root or data_dir()
+    if root is None:
+        raise SystemExit("real instructions not found: set ALPACARE_DATA_DIR or provide ../shared/alpacare-data")
+    seeds, real = load_real_instructions(root)
+    rng = random.Random(seed)
+    rng.shuffle(real)
+    counts: dict[str, int] = {}
+    for t in seeds + real:
+        for w in t.lower().split():
+            counts[w] = counts.get(w, 0) + 1
+    by_freq = sorted(counts, key=lambda w: (-counts[w], w))
+    edit_vocab = sorted(w for w in counts if len(w) < 20)
+    lengths = [len(t.split()) for t in real]
+    nrng = np.random.default_rng(seed)
+    ranks = iter(nrng.zipf(zipf_a, size=sum(lengths) * (n // len(lengths) + 1)).tolist())
+    out: list[str] = []
+    while len(out) < n:
+        r = rng.random()
+        if real and r < 0.25:
+            text = real.pop()
+        elif out and r < 0.25 + near_duplicate_share:
+            text = _near_duplicate(rng.choice(out[-2000:] if rng.random() < 0.5 else out), rng, edit_vocab)
+        else:
+            words = [by_freq[k - 1] if k <= len(by_freq) else _pseudo_word(k) for k in
+                     (next(ranks) for _ in range(rng.choice(lengths)))]
+            text = " ".join(words).capitalize() + rng.choice([".", "?", ":"])
+        out.append(text)
+    return seeds, out
+
+
 def write_corpus(path: Path, n: int, seed: int) -> None:
     """The corpus as dedup stage input: one {"id", "instruction"} record per line."""
     _, corpus = make_corpus(n, seed)
@@ -252,20 +319,42 @@ def extrapolate(rows, target_n: int, target: dict) -> None:
     print(f"  (plain quadratic fit t = c*N^2 gives ~{_fmt_s(t_quad).strip()}, ratio ~{t_quad / target['seconds']:.0f}x)")
 
 
-def _child(corpus_file: str, n: int, threshold: float, mode: str) -> None:
-    """One size in a fresh process, so ru_maxrss is this size's own peak."""
+def _child(corpus_file: str, n: int, threshold: float, mode: str, impl: str = "", floor: str = "") -> None:
+    """One size in a fresh process, so its peak RSS is this size's own. ``impl``: a rouge.py file to
+    load instead of alpacare.data.rouge (the old scan, from git); ``floor``: the filters' floor."""
     t_start = time.perf_counter()
-    from alpacare.data.rouge import greedy_filter, pairwise_filter
+    if impl:
+        import importlib.util
 
-    data = json.loads(Path(corpus_file).read_text("utf-8"))
-    run = greedy_filter if mode == "greedy" else pairwise_filter
+        spec = importlib.util.spec_from_file_location("rouge_baseline", impl)
+        rouge = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = rouge  # dataclasses look their module up there
+        spec.loader.exec_module(rouge)
+    else:
+        from alpacare.data import rouge
+    if corpus_file.endswith(".jsonl"):
+        with open(corpus_file, encoding="utf-8") as f:
+            data = {"seeds": [], "corpus": [json.loads(next(f)) for _ in range(n)]}
+    else:
+        data = json.loads(Path(corpus_file).read_text("utf-8"))
+    run = rouge.greedy_filter if mode == "greedy" else rouge.pairwise_filter
+    kwargs = {"floor": float(floor)} if floor else {}
+    run(data["corpus"][:50], threshold, data["seeds"][:5], **kwargs)  # numba's cache, or its compilation
     t0 = time.perf_counter()
-    res = run(data["corpus"][:n], threshold, data["seeds"])
+    res = run(data["corpus"][:n], threshold, data["seeds"], **kwargs)
     seconds = time.perf_counter() - t0
     print(json.dumps({"n": n, "seconds": seconds, "process_seconds": time.perf_counter() - t_start,
                       "kept": len(res.kept), "kept_idx": res.kept, "seeds": len(data["seeds"]),
                       "lcs": res.stats["lcs_computed"], "candidates": res.stats["candidate_pairs"],
-                      "maxrss_mb": peak_rss_mb()}))
+                      "encode_seconds": res.stats.get("encode_seconds"), "maxrss_mb": peak_rss_mb()}))
+
+
+def _run_child(corpus_file: str, n: int, threshold: float, mode: str, impl: str = "", floor: str = "") -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", corpus_file, str(n), str(threshold), mode, impl, floor],
+                          capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"child run failed (N={n}, {impl or 'index'}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def peak_rss_mb() -> float:
@@ -286,10 +375,7 @@ def run_ours_alone(sizes: list[int], corpus_file: str, threshold: float, mode: s
           f"{'candidate pairs':>16}")
     out = {}
     for n in sizes:
-        proc = subprocess.run([sys.executable, __file__, "--child", corpus_file, str(n), str(threshold), mode],
-                              capture_output=True, text=True, cwd=REPO, check=True)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        out[n] = r
+        r = out[n] = _run_child(corpus_file, n, threshold, mode)
         print(f"{n:>7} {r['seconds']:>8.2f} s {r['process_seconds']:>8.2f} s {r['maxrss_mb']:>7.0f} MB "
               f"{r['kept']:>7} {r['lcs']:>11,} {r['candidates']:>16,}")
     if len(sizes) > 1:
@@ -300,9 +386,97 @@ def run_ours_alone(sizes: list[int], corpus_file: str, threshold: float, mode: s
     return out
 
 
+def baseline_module(rev: str, tmp: str) -> str:
+    """alpacare/data/rouge.py as of git revision ``rev`` (the old scan), written to a file in tmp."""
+    src = subprocess.run(["git", "show", f"{rev}:alpacare/data/rouge.py"], capture_output=True, text=True, cwd=REPO)
+    if src.returncode != 0:
+        raise SystemExit(f"git show {rev}:alpacare/data/rouge.py failed: {src.stderr.strip()} "
+                         f"(--baseline-rev needs a clone with that commit)")
+    path = Path(tmp) / "rouge_baseline.py"
+    path.write_text(src.stdout, "utf-8")
+    return str(path)
+
+
+def _scale_row(label: str, r: dict) -> str:
+    n = r["n"]
+    return (f"{label:<22} {n:>9,} {r['seconds']:>9.1f} s {n / r['seconds']:>10,.0f} {r['candidates'] / n:>12.1f} "
+            f"{r['lcs'] / n:>9.2f} {r['maxrss_mb']:>9.0f} MB {r['kept']:>9,}")
+
+
+def run_scale(sizes: list[int], baseline_size: int, rev: str, threshold: float, seed: int, tmp: str) -> dict:
+    """Section 3: the index at each size and the old scan at baseline_size, same corpus, same run."""
+    n_max = max(sizes + [baseline_size])
+    t0 = time.perf_counter()
+    seeds, corpus = make_scale_corpus(n_max, seed)
+    corpus_file = str(Path(tmp) / "scale.jsonl")
+    with open(corpus_file, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in corpus)
+    del corpus
+    print(f"\n== scale: greedy, threshold {threshold}, no seeds (issue 28's setting); scale corpus built in "
+          f"{time.perf_counter() - t0:.0f} s; each run in a fresh process; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} ==")
+    print(f"{'':<22} {'N':>9} {'filter':>11} {'inst/s':>10} {'cand./inst':>12} {'LCS/inst':>9} {'peak RSS':>12} "
+          f"{'kept':>9}")
+    old = _run_child(corpus_file, baseline_size, threshold, "greedy", baseline_module(rev, tmp))
+    print(_scale_row(f"old scan ({rev[:7]})", old), flush=True)
+    new = {}
+    for n in sizes:
+        new[n] = _run_child(corpus_file, n, threshold, "greedy")
+        print(_scale_row("index (this tree)", new[n]), flush=True)
+    if baseline_size in new:
+        assert new[baseline_size]["kept_idx"] == old["kept_idx"], "kept sets differ between the old scan and the index"
+        print(f"kept sets identical at N={baseline_size:,}. old scan / index at N={baseline_size:,}: "
+              f"{old['seconds'] / new[baseline_size]['seconds']:.0f}x")
+    small, big = min(new), max(new)
+    if big > small:
+        growth = new[big]["seconds"] / new[small]["seconds"]
+        print(f"time({big:,}) / time({small:,}) = {growth:.1f} for x{big / small:.0f} instructions "
+              f"(the old scan: x{(big / small) ** 2:.0f} pairs). Encoding (tokens, features): "
+              f"{new[small]['encode_seconds']:.1f} s and {new[big]['encode_seconds']:.1f} s of those.")
+    if 520_000 in new:
+        r = new[520_000]
+        goals = [("520k within 5 minutes", r["seconds"] <= 300, f"{r['seconds']:.0f} s"),
+                 ("peak memory <= 2 GB at 520k", r["maxrss_mb"] <= 2048, f"{r['maxrss_mb']:.0f} MB")]
+        if 52_000 in new:
+            g = r["seconds"] / new[52_000]["seconds"]
+            goals.append(("time(520k)/time(52k) <= 15", g <= 15, f"{g:.1f}"))
+        for name, ok, value in goals:
+            print(f"goal {name}: {value} -> {'met' if ok else 'NOT met'}")
+    return {"old": old, "new": new}
+
+
+def run_cli_sizes(sizes: list[int], threshold: float, seed: int, tmp: str) -> None:
+    """Section 4: the dedup stage end to end through the CLI."""
+    if not sizes:
+        return
+    print(f"\n== the dedup stage through the CLI (stages=[dedup] dedup.against_seeds=false dedup.decontaminate=[] "
+          f"logger=none; threshold {threshold}) ==")
+    print(f"{'N':>9} {'wall':>9} {'filter':>9} {'kept':>9} {'progress lines':>15}")
+    _, corpus = make_scale_corpus(max(sizes), seed)
+    for n in sizes:
+        data = Path(tmp) / f"cli_{n}.jsonl"
+        with open(data, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": i, "instruction": t}, ensure_ascii=False) + "\n"
+                         for i, t in enumerate(corpus[:n]))
+        run_dir = Path(tmp) / f"cli_run_{n}"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "alpacare", "stages=[dedup]", f"dedup.input={data}",
+                               f"dedup.threshold={threshold}", "dedup.against_seeds=false", "dedup.decontaminate=[]",
+                               "logger=none", f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=REPO)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"CLI run at N={n} failed:\n{proc.stderr[-3000:]}")
+        stats = json.loads((run_dir / "dedup" / "stats.json").read_text("utf-8"))
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "ETA" in ln]
+        print(f"{n:>9,} {wall:>7.1f} s {stats['filter_seconds']:>7.1f} s {stats['kept']:>9,} {len(lines):>15}")
+        if lines:
+            print(f"          e.g. {lines[len(lines) // 2].split('] ')[-1]}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        sys.path.insert(0, str(REPO))
+        _child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), *sys.argv[5:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ref-sizes", default="500,1000,2000", help="sizes both ours and the reference run")
@@ -312,6 +486,10 @@ def main() -> None:
     ap.add_argument("--mode", choices=["greedy", "pairwise"], default="greedy", help="for the ours-alone section")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale-sizes", default="52000,520000", help="scale corpus sizes the index runs at (section 3)")
+    ap.add_argument("--baseline-size", type=int, default=52000, help="scale corpus size the old scan runs at")
+    ap.add_argument("--baseline-rev", default="5960fde", help="git revision whose alpacare/data/rouge.py is the old scan")
+    ap.add_argument("--cli-sizes", default="52000,520000", help="scale corpus sizes run through the CLI (section 4)")
     ap.add_argument("--write-corpus", metavar="JSONL", help="only write a corpus of --n instruction records and exit")
     ap.add_argument("--n", type=int, default=20000, help="corpus size for --write-corpus")
     args = ap.parse_args()
@@ -321,18 +499,24 @@ def main() -> None:
         return
     ref_sizes = [int(s) for s in args.ref_sizes.split(",") if s]
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    n_max = max(ref_sizes + sizes + [args.extrapolate_to])
-    seeds, corpus = make_corpus(n_max, args.seed)
-    print(f"corpus: {len(corpus)} instructions (prefixes used per size), {len(seeds)} seed instructions; "
-          f"{os.cpu_count()} CPUs")
+    scale_sizes = [int(s) for s in args.scale_sizes.split(",") if s]
+    cli_sizes = [int(s) for s in args.cli_sizes.split(",") if s]
     with tempfile.TemporaryDirectory() as tmp:
-        corpus_file = str(Path(tmp) / "corpus.json")
-        Path(corpus_file).write_text(json.dumps({"seeds": seeds, "corpus": corpus}), "utf-8")
-        rows = run_side_by_side(ref_sizes, corpus, seeds, args.threshold, args.workers) if ref_sizes else []
-        alone_sizes = sorted(set(sizes + ([args.extrapolate_to] if rows else [])))
-        alone = run_ours_alone(alone_sizes, corpus_file, args.threshold, args.mode) if alone_sizes else {}
-    if rows and args.mode == "greedy":
-        extrapolate(rows, args.extrapolate_to, alone[args.extrapolate_to])
+        if ref_sizes or sizes:
+            n_max = max(ref_sizes + sizes + ([args.extrapolate_to] if ref_sizes else []))
+            seeds, corpus = make_corpus(n_max, args.seed)
+            print(f"corpus: {len(corpus)} instructions (prefixes used per size), {len(seeds)} seed instructions; "
+                  f"{os.cpu_count()} CPUs")
+            corpus_file = str(Path(tmp) / "corpus.json")
+            Path(corpus_file).write_text(json.dumps({"seeds": seeds, "corpus": corpus}), "utf-8")
+            rows = run_side_by_side(ref_sizes, corpus, seeds, args.threshold, args.workers) if ref_sizes else []
+            alone_sizes = sorted(set(sizes + ([args.extrapolate_to] if rows else [])))
+            alone = run_ours_alone(alone_sizes, corpus_file, args.threshold, args.mode) if alone_sizes else {}
+            if rows and args.mode == "greedy":
+                extrapolate(rows, args.extrapolate_to, alone[args.extrapolate_to])
+        if scale_sizes:
+            run_scale(scale_sizes, args.baseline_size, args.baseline_rev, args.threshold, args.seed, tmp)
+        run_cli_sizes(cli_sizes, args.threshold, args.seed, tmp)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 from pathlib import Path
 
@@ -203,3 +205,46 @@ def test_unknown_or_absent_contamination_source_fails_before_work(tmp_path):
                     f"hydra.run.dir={run_dir}"], tmp_path)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and not (run_dir / "dedup").exists()
+
+
+def test_similarity_floor_changes_only_the_maxima_below_it(tmp_path):
+    """Floor 0 (every maximum exact, the default for small inputs) and floor = threshold (the
+    default past EXACT_SIMILARITY_UP_TO) keep and drop the same records with the same scores."""
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    sweep = tmp_path / "sweep"
+    proc = cli(["-m", "stages=[dedup]", f"dedup.input={data}", "dedup.similarity_floor=0.0,0.7", "logger=none",
+                f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    exact, fast = sorted(sweep.glob("*/dedup"))
+    for name in ("kept.jsonl", "dropped.jsonl"):
+        assert read_jsonl(exact / name) == read_jsonl(fast / name)
+    stats = [json.loads((d / "stats.json").read_text("utf-8")) for d in (exact, fast)]
+    assert [s["similarity_floor"] for s in stats] == [0.0, 0.7]
+    assert stats[0]["below_similarity_floor"] == 0 and stats[1]["below_similarity_floor"] == stats[1]["kept"]
+    counts = [s["histogram"]["counts"] for s in stats]
+    assert counts[0][14:] == counts[1][14:]  # bins from 0.7 up: exact in both
+    assert stats[0]["candidate_pairs"] >= stats[1]["candidate_pairs"]
+
+
+def test_progress_lines_report_done_kept_rate_and_eta(monkeypatch, caplog):
+    from alpacare.data.rouge import greedy_filter
+    from alpacare.stages import dedup
+
+    monkeypatch.setattr(dedup, "PROGRESS_LOG_EVERY_S", 0.0)
+    texts = [f"explain finding {i} of case {i % 7} in plain words" for i in range(3000)]
+    with caplog.at_level(logging.INFO, logger=dedup.log.name):
+        result = dedup.run_filter(greedy_filter, texts, 0.7, [], floor=0.7)
+    lines = [r.getMessage() for r in caplog.records]
+    progress = [ln for ln in lines if "ETA" in ln]
+    assert len(progress) >= 3, lines  # one per chunk of the filter, the last chunk excepted
+    assert re.search(r"dedup: \d+/3000 instructions \(\d+%\), kept \d+, [\d.]+ inst/s, ETA \d\d:\d\d", progress[0])
+    assert f"{len(result.kept)} of 3000 instructions kept" in lines[-1]
+
+
+@pytest.mark.parametrize("floor", ["0.8", "-0.1"])
+def test_similarity_floor_out_of_range_fails_with_one_line(tmp_path, floor):
+    data = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    proc = cli(["stages=[dedup]", f"dedup.input={data}", f"dedup.similarity_floor={floor}", "logger=none",
+                f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and "dedup.similarity_floor" in lines[0], proc.stderr

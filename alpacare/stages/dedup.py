@@ -17,6 +17,9 @@ Modes (``dedup.mode``), both exact with respect to rouge_score (see ``alpacare.d
 - pairwise: drop every instruction that has any other instruction (or seed) above the
   threshold (AlpaCare's released filter.py).
 
+Progress: a bar on a terminal, and a log line (instructions done, kept, rate, ETA) every
+``PROGRESS_LOG_EVERY_S`` seconds in the terminal and the run's log, between chunks of the filter.
+
 Outputs in ``<run>/dedup/``, written only after the input has been fully validated and
 filtered, each atomically, ``stats.json`` last (its presence means the stage completed):
 - ``kept.jsonl``: kept records, unchanged.
@@ -25,8 +28,11 @@ filtered, each atomically, ``stats.json`` last (its presence means the stage com
 - ``dropped.jsonl``: dropped records plus ``nearest_instruction`` (the text that knocked
   each out), ``nearest_is_seed`` and ``rouge_l`` (their score).
 - ``similarity.png``: histogram of every instruction's max ROUGE-L with the threshold drawn,
-  as in the self-instruct paper's figure.
-- ``stats.json``: counts, kept ratio, settings, seconds, histogram counts in 0.05 bins;
+  as in the self-instruct paper's figure; the instructions whose max is below ``similarity_floor``
+  (``dedup.similarity_floor``: not searched for) are one hatched bar over that range.
+- ``stats.json``: counts, kept ratio, settings, seconds, histogram counts in 0.05 bins (exact from
+  ``similarity_floor`` up), ``similarity_floor`` and ``below_similarity_floor`` (how many maxima are
+  below it, as lower bounds), the filter's ``candidate_pairs`` and ``lcs_computed``;
   ``contaminated`` (removed as copies) and ``contamination`` (sources and their item counts, sources of
   ``all`` not on this machine, threshold, removed per source, timings).
 """
@@ -49,6 +55,11 @@ from alpacare.stages import CONTAMINATED, INSTRUCTIONS, KEPT, StageContext
 log = logging.getLogger(__name__)
 
 FILTERS = {"greedy": greedy_filter, "pairwise": pairwise_filter}
+# dedup.similarity_floor=null: every maximum exact up to this many instructions (alpacare/config.py).
+EXACT_SIMILARITY_UP_TO = 10_000
+# Seconds between progress lines in the log (the terminal bar updates as it goes).
+PROGRESS_LOG_EVERY_S = 10.0
+PROGRESS_FORMAT = "{n_fmt}/{total_fmt} instructions ({percentage:.0f}%){postfix}, {rate_fmt}, ETA {remaining}"
 BIN_WIDTH = 0.05
 BIN_EDGES = np.linspace(0.0, 1.0, int(round(1 / BIN_WIDTH)) + 1)
 
@@ -76,7 +87,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     log.info("dedup: %d instructions from %s (%d copies of test items removed), %d seeds, %s mode, threshold %s",
              len(instructions), path, len(removed), len(seeds), cfg.mode, cfg.threshold)
 
-    result = run_filter(FILTERS[cfg.mode], [instructions[i] for i in clean], float(cfg.threshold), seeds)
+    floor = similarity_floor(cfg.similarity_floor, float(cfg.threshold), len(clean))
+    result = run_filter(FILTERS[cfg.mode], [instructions[i] for i in clean], float(cfg.threshold), seeds, floor)
 
     out = ctx.dir
     stats = build_stats(result, path, bool(cfg.against_seeds), time.perf_counter() - started)
@@ -139,13 +151,41 @@ def seed_instructions(ctx: StageContext) -> list[str]:
                                                       closed_types=ctx.cfg.instructions.closed_types)]
 
 
-def run_filter(filter_fn, instructions: list[str], threshold: float, seeds: list[str]) -> FilterResult:
-    from tqdm import tqdm
+def similarity_floor(configured: Any, threshold: float, n: int) -> float:
+    """``dedup.similarity_floor``, or when null: 0.0 (every maximum exact) for inputs of up to
+    EXACT_SIMILARITY_UP_TO instructions, else the threshold."""
+    if configured is not None:
+        return float(configured)
+    return 0.0 if n <= EXACT_SIMILARITY_UP_TO else threshold
 
-    # The bar only helps a person watching; logs and CI get the start/end lines instead.
-    with tqdm(total=len(instructions), desc="dedup", unit="inst", file=sys.stderr,
-              disable=not sys.stderr.isatty()) as bar:
-        return filter_fn(instructions, threshold, seeds, progress=bar.update)
+
+def run_filter(filter_fn, instructions: list[str], threshold: float, seeds: list[str],
+               floor: float) -> FilterResult:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    total = len(instructions)
+    started = last_line = time.perf_counter()
+    # The bar only helps a person watching; the log (and the terminal, through it) gets a line every
+    # PROGRESS_LOG_EVERY_S with tqdm's own rate and ETA.
+    bar = tqdm(total=total, desc="dedup", unit="inst", file=sys.stderr, disable=not sys.stderr.isatty(),
+               dynamic_ncols=True)
+
+    def progress(done: int, kept: int) -> None:
+        nonlocal last_line
+        bar.update(done - bar.n)
+        bar.set_postfix(kept=kept, refresh=False)
+        now = time.perf_counter()
+        if now - last_line >= PROGRESS_LOG_EVERY_S and done < total:
+            last_line = now
+            log.info("dedup: %s", tqdm.format_meter(done, total, now - started, unit=" inst", postfix=f"kept {kept}",
+                                                    bar_format=PROGRESS_FORMAT))
+
+    with bar, logging_redirect_tqdm():
+        result = filter_fn(instructions, threshold, seeds, progress=progress, floor=floor)
+    log.info("dedup: %d of %d instructions kept in %.1fs (%d candidate pairs, %d LCS computed)", len(result.kept),
+             total, time.perf_counter() - started, result.stats["candidate_pairs"], result.stats["lcs_computed"])
+    return result
 
 
 def dropped_records(records: list[dict[str, Any]], result: FilterResult) -> list[dict[str, Any]]:
@@ -179,6 +219,11 @@ def build_stats(result: FilterResult, path: Path, against_seeds: bool, seconds: 
         "seconds": round(seconds, 3),
         "filter_seconds": result.stats.get("seconds"),
         "lcs_computed": result.stats.get("lcs_computed"),
+        "candidate_pairs": result.stats.get("candidate_pairs"),
+        "similarity_floor": result.floor,
+        # Instructions whose max is below the floor (their histogram bins hold lower bounds).
+        "below_similarity_floor": int((result.max_similarity < result.floor).sum()),
+        # A lower bound where similarity_floor > 0 (maxima below it are).
         "mean_max_similarity": round(float(np.mean(result.max_similarity)), 6) if total else 0.0,
         "histogram": {
             "bin_width": BIN_WIDTH,
@@ -193,9 +238,15 @@ def plot_similarity(path: Path, result: FilterResult) -> Path:
 
     keep = np.zeros(len(result.max_similarity), dtype=bool)
     keep[result.kept] = True
+    sims = result.max_similarity
+    # Maxima below the floor were not searched for: one bar over that range, not their lower bounds.
+    below = sims < result.floor
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.hist([result.max_similarity[keep], result.max_similarity[~keep]], bins=BIN_EDGES, stacked=True,
-            color=["#4c72b0", "#dd8452"], label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
+    ax.hist([sims[keep & ~below], sims[~keep]], bins=BIN_EDGES, stacked=True, color=["#4c72b0", "#dd8452"],
+            label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
+    if below.any():
+        ax.bar(0, below.sum() * BIN_WIDTH / result.floor, width=result.floor, align="edge", color="#4c72b0",
+               alpha=0.35, hatch="//", label=f"kept, max < {result.floor:g} (not searched): {below.sum()}")
     ax.axvline(result.threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {result.threshold:g}")
     against = "earlier kept instructions" if result.mode == "greedy" else "all other instructions"
     if len(result.seeds):
