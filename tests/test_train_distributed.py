@@ -16,7 +16,6 @@ ranks, one of them computes a placeholder that counts zero (training/data.py).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import torch
 from tests.conftest import REPO, cli_env, run_cli
 from tests.test_train_support import (  # noqa: F401  (fixtures)
     COMMON,
-    KILL_HOOK as _KILLER,
+    run_cli_killed_at_step,
     NINE,
     assert_same_weights as _assert_same_weights,
     cache_dir,
@@ -92,14 +91,8 @@ def test_ddp_killed_with_sigkill_at_step_k_resumes_to_the_same_weights(tmp_path,
     straight = run_cli(_cli_args(data, cache_dir, tiny_model_dir, tmp_path / "straight", *args), tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_KILLER)
     killed = tmp_path / "killed"
-    env = cli_env(tmp_path, ALPACARE_TEST_KILL_AT_STEP="2",
-                  PYTHONPATH=os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "alpacare", *_cli_args(data, cache_dir, tiny_model_dir, killed, *args)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    proc = run_cli_killed_at_step(_cli_args(data, cache_dir, tiny_model_dir, killed, *args), 2, tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert torch.load(killed / "train/checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
     assert not (killed / "train" / "model").exists()

@@ -15,24 +15,21 @@ placement changed (alpacare/training/fsdp.py), started by Lightning's own launch
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_env, run_cli
+from tests.conftest import run_cli
 from tests.test_train_support import (  # noqa: F401  (fixtures)
     COMMON,
-    KILL_HOOK,
     NINE,
     assert_same_weights,
     cache_dir,
     cli_train_args,
     read_stats,
+    run_cli_killed_at_step,
     run_train,
     smollm_tokenizer_dir,
     tiny_model_dir,
@@ -113,14 +110,8 @@ def test_fsdp_killed_with_sigkill_at_step_2_resumes_to_the_same_weights(tmp_path
     straight = run_cli(cli_train_args(data, cache_dir, tiny_model_dir, tmp_path / "straight", *args), tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_HOOK)
     killed = tmp_path / "killed"
-    env = cli_env(tmp_path, ALPACARE_TEST_KILL_AT_STEP="2",
-                  PYTHONPATH=os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "alpacare", *cli_train_args(data, cache_dir, tiny_model_dir, killed, *args)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    proc = run_cli_killed_at_step(cli_train_args(data, cache_dir, tiny_model_dir, killed, *args), 2, tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     checkpoint = killed / "train" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint / "meta.pt", weights_only=False)["global_step"] == 2

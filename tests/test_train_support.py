@@ -167,7 +167,7 @@ def free_port() -> int:
 
 
 # A sitecustomize.py that kills every rank with SIGKILL right after step $ALPACARE_TEST_KILL_AT_STEP
-# (after ModelCheckpoint has saved it): put its folder first on PYTHONPATH.
+# (after ModelCheckpoint has saved it).
 KILL_HOOK = '''
 import os, signal
 _step = os.environ.get("ALPACARE_TEST_KILL_AT_STEP")
@@ -179,3 +179,19 @@ if _step:
             os.killpg(os.getpgrp(), signal.SIGKILL)  # kill -9 of every rank at once
     _m.InstructionTuner.on_train_batch_end = _kill_after_checkpoint
 '''
+
+
+def run_cli_killed_at_step(args: list[str], step: int, tmp_path: Path):
+    """The CLI (every rank it starts) killed with SIGKILL right after optimizer step ``step``."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    hook = tmp_path / "kill_hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    env = cli_env(tmp_path, ALPACARE_TEST_KILL_AT_STEP=str(step),
+                  PYTHONPATH=os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "alpacare", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, start_new_session=True)
