@@ -31,6 +31,7 @@ from tests.conftest import REPO, cli_env, run_cli
 from tests.test_train_support import (  # noqa: F401  (fixtures)
     COMMON,
     NINE,
+    USR2_AT_STEP_2,
     assert_same_weights,
     RECORDS,
     cache_dir,
@@ -221,19 +222,6 @@ def test_ddp_job_from_an_empty_model_cache_converts_once_per_node(slurm_cluster,
 # SLURM's signal before the time limit (sbatch --signal=USR2@signal_delay_s), sent the way slurmctld
 # sends it, to every task of the job: rank 0 runs scancel at step 2 of the first attempt
 # (SLURM_RESTART_COUNT is set once requeued).
-_TIME_LIMIT_AT_STEP_2 = '''
-import os, subprocess
-if os.environ.get("SLURM_JOB_ID") and not os.environ.get("SLURM_RESTART_COUNT"):
-    import alpacare.training.module as _m
-    _original = _m.InstructionTuner.on_train_batch_end
-
-    def _time_limit(self, outputs, batch, batch_idx):
-        _original(self, outputs, batch, batch_idx)
-        if self.trainer.global_step == 2 and self.trainer.is_global_zero and not getattr(self, "_signalled", False):
-            self._signalled = True
-            subprocess.run(["scancel", "--signal=USR2", os.environ["SLURM_JOB_ID"]], check=True)
-    _m.InstructionTuner.on_train_batch_end = _time_limit
-'''
 
 
 @pytest.mark.slow
@@ -249,7 +237,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
     sweep = tmp_path / "sweep"
     started = time.perf_counter()
     proc = _sweep(slurm_cluster, tmp_path, ["stages=[train]", *args, *DDP_CPU, "hydra.launcher.timeout_min=60"], sweep,
-                  PYTHONPATH=_hook(tmp_path, _TIME_LIMIT_AT_STEP_2), wait=_release_when_requeued(slurm_cluster, sweep))
+                  PYTHONPATH=_hook(tmp_path, USR2_AT_STEP_2), wait=_release_when_requeued(slurm_cluster, sweep))
     seconds = time.perf_counter() - started
     logs = _logs(sweep)
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-6000:]

@@ -24,6 +24,7 @@ from tests.fake_slurm import install
 from tests.test_train_support import (  # noqa: F401  (fixtures)
     COMMON,
     NINE,
+    USR2_AT_STEP_2,
     assert_same_weights,
     cache_dir,
     read_stats,
@@ -36,19 +37,6 @@ from tests.test_train_support import (  # noqa: F401  (fixtures)
 
 # Stands in for SLURM's `--signal=USR2@120` at the time limit: rank 0 asks scancel to signal every
 # task of the job at step 2 of the first attempt (SLURM_RESTART_COUNT is set once requeued).
-_SIGNAL_AT_STEP_2 = '''
-import os, subprocess
-if os.environ.get("SLURM_JOB_ID") and not os.environ.get("SLURM_RESTART_COUNT"):
-    import alpacare.training.module as _m
-    _original = _m.InstructionTuner.on_train_batch_end
-
-    def _time_limit(self, outputs, batch, batch_idx):
-        _original(self, outputs, batch, batch_idx)
-        if self.trainer.global_step == 2 and self.trainer.is_global_zero and not getattr(self, "_signalled", False):
-            self._signalled = True
-            subprocess.run(["scancel", "--signal=USR2", os.environ["SLURM_JOB_ID"]], check=True)
-    _m.InstructionTuner.on_train_batch_end = _time_limit
-'''
 
 
 def _wait_until_done(slurm_dir: Path, timeout: float = 900) -> list[dict]:
@@ -69,7 +57,7 @@ def test_own_job_script_on_two_nodes_checkpoints_requeues_and_resumes(tmp_path, 
 
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SIGNAL_AT_STEP_2)
+    (hook / "sitecustomize.py").write_text(USR2_AT_STEP_2)
     run_dir = tmp_path / "run"
     overrides = " ".join(["stages=[train]", f"train.data={data}", f"model.path={tiny_model_dir}", f"cache_dir={cache_dir}",
                           *args, "logger=none", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1",

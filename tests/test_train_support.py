@@ -195,3 +195,20 @@ def run_cli_killed_at_step(args: list[str], step: int, tmp_path: Path):
                   PYTHONPATH=os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "alpacare", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600, start_new_session=True)
+
+
+# A sitecustomize.py for a SLURM job's first run: after optimizer step 2, rank 0 sends the job the signal SLURM
+# sends before its time limit (USR2, `scancel --signal`), once.
+USR2_AT_STEP_2 = '''
+import os, subprocess
+if os.environ.get("SLURM_JOB_ID") and not os.environ.get("SLURM_RESTART_COUNT"):
+    import alpacare.training.module as _m
+    _original = _m.InstructionTuner.on_train_batch_end
+
+    def _time_limit(self, outputs, batch, batch_idx):
+        _original(self, outputs, batch, batch_idx)
+        if self.trainer.global_step == 2 and self.trainer.is_global_zero and not getattr(self, "_signalled", False):
+            self._signalled = True
+            subprocess.run(["scancel", "--signal=USR2", os.environ["SLURM_JOB_ID"]], check=True)
+    _m.InstructionTuner.on_train_batch_end = _time_limit
+'''
