@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from alpacare.errors import ConfigError
 from alpacare.fingerprint import changes, mismatch_error
+from alpacare.training import fsdp
 from alpacare.training.data import (
     IGNORE_INDEX,
     ExampleRows,
@@ -33,7 +34,6 @@ from alpacare.training.data import (
     response_loss,
     step_loss,
 )
-from alpacare.training import fsdp
 from alpacare.training.trainer import peak_memory_bytes
 
 log = logging.getLogger(__name__)
