@@ -175,14 +175,20 @@ def _splice(a: str, b: str, rng: random.Random, vocab: list[str]) -> str:
     return " ".join(words)
 
 
-def make_corpus(n: int, seed: int = 0, root: Optional[Path] = None) -> tuple[list[str], list[str]]:
-    """(seed instructions, n instructions): real ones interleaved with generated variants."""
+def shuffled_real_instructions(root: Optional[Path], seed: int) -> tuple[list[str], list[str], random.Random]:
+    """(seed instructions, real instructions shuffled, the generator that shuffled them: corpora draw on)."""
     root = root or data_dir()
     if root is None:
         raise SystemExit("real instructions not found: set ALPACARE_DATA_DIR or provide ../shared/alpacare-data")
     seeds, real = load_real_instructions(root)
     rng = random.Random(seed)
     rng.shuffle(real)
+    return seeds, real, rng
+
+
+def make_corpus(n: int, seed: int = 0, root: Optional[Path] = None) -> tuple[list[str], list[str]]:
+    """(seed instructions, n instructions): real ones interleaved with generated variants."""
+    seeds, real, rng = shuffled_real_instructions(root, seed)
     vocab = sorted({w for t in seeds + real for w in t.split() if len(w) < 20})
     out: list[str] = []
     pool = list(seeds)  # what variants are derived from
@@ -222,12 +228,7 @@ def make_scale_corpus(n: int, seed: int = 0, root: Optional[Path] = None,
     Ten times n means ten times the near-duplicates and the filler, the same real instructions."""
     import numpy as np
 
-    root = root or data_dir()
-    if root is None:
-        raise SystemExit("real instructions not found: set ALPACARE_DATA_DIR or provide ../shared/alpacare-data")
-    seeds, real = load_real_instructions(root)
-    rng = random.Random(seed)
-    rng.shuffle(real)
+    seeds, real, rng = shuffled_real_instructions(root, seed)
     counts: dict[str, int] = {}
     for t in seeds + real:
         for w in t.lower().split():
